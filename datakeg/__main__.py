@@ -1,0 +1,3 @@
+from datakeg.cli import main
+
+main()

@@ -1,0 +1,308 @@
+"""Command-line interface: parse, wire, print. No pipeline logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from datakeg import __version__
+from datakeg.errors import DatakegError
+from datakeg.providers import DESCRIPTIONS, PROVIDERS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _fail(exc: DatakegError) -> None:
+    click.echo(f"Error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(exc.hint, err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="datakeg")
+def cli():
+    """datakeg: turn a folder of Markdown/TXT documentation into question-answer datasets
+    (train/valid/test JSONL, no leakage between splits) for fine-tuning a documentation expert.
+
+    \b
+    Quick start (no server needed, uses the bundled offline model):
+      datakeg generate testdoc out --provider local --pairs-per-1k 2
+    With Ollama (the default provider):
+      ollama pull qwen2.5:3b && datakeg generate ./docs ./out
+    """
+
+
+# --------------------------------------------------------------------------- progress output
+class _LineReporter:
+    """Plain line-based progress for logs and pipes."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.n = 0
+        self.total = 0
+
+    def echo(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(msg, err=True)
+
+    def on_plan(self, plan):
+        self.total = len(plan.docs)
+        self.echo(f"{len(plan.docs)} file(s), {plan.chunks} chunk(s), {plan.pairs} pair(s) targeted")
+
+    def on_document_start(self, dp):
+        self.n += 1
+        self.echo(f"[{self.n}/{self.total}] {dp.doc.relpath}: {len(dp.chunks)} chunk(s), {dp.total} pair(s) targeted")
+
+    def on_chunk_done(self, dp, chunk, accepted): ...
+    def on_request(self, prompt_tokens, completion_tokens): ...
+    def on_pairs(self, accepted): ...
+
+    def on_document_done(self, dp, delivered):
+        got = ", ".join(f"{k} {v}/{dp.by_split[k]}" for k, v in delivered.items())
+        self.echo(f"[{self.n}/{self.total}] {dp.doc.relpath}: done ({got})")
+
+    def on_warning(self, message):
+        self.echo(f"warning: {message}")
+
+    def close(self): ...
+
+
+class _RichReporter(_LineReporter):
+    """A rich progress bar on stderr (files, chunks, pairs) for interactive terminals."""
+
+    def __init__(self):
+        super().__init__(quiet=False)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
+        )
+        self.tasks = {}
+
+    def echo(self, msg):
+        self.progress.console.print(msg, markup=False, highlight=False)
+
+    def on_plan(self, plan):
+        self.progress.start()
+        self.tasks = {
+            "files": self.progress.add_task("files", total=len(plan.docs), info=""),
+            "chunks": self.progress.add_task("chunks", total=plan.chunks, info=""),
+            "pairs": self.progress.add_task("pairs", total=plan.pairs, info=""),
+        }
+
+    def on_document_start(self, dp):
+        self.n += 1
+        self.progress.update(self.tasks["files"], info=dp.doc.relpath)
+
+    def on_chunk_done(self, dp, chunk, accepted):
+        self.progress.advance(self.tasks["chunks"])
+
+    def on_request(self, prompt_tokens, completion_tokens):
+        t = self.progress.tasks[self.tasks["pairs"]]
+        used = t.fields.get("tokens", 0) + prompt_tokens + completion_tokens
+        self.progress.update(self.tasks["pairs"], tokens=used, info=f"{used:,} tokens")
+
+    def on_pairs(self, accepted):
+        self.progress.advance(self.tasks["pairs"], accepted)
+
+    def on_document_done(self, dp, delivered):
+        self.progress.advance(self.tasks["files"])
+
+    def close(self):
+        self.progress.stop()
+
+
+def _reporter(quiet: bool):
+    from datakeg.pipeline import Callbacks
+
+    base = _RichReporter if (not quiet and sys.stderr.isatty()) else _LineReporter
+    cls = type("Reporter", (base, Callbacks), {})
+    return cls() if base is _RichReporter else cls(quiet)
+
+
+# --------------------------------------------------------------------------- generate
+@cli.command(context_settings=CONTEXT)
+@click.argument("src", type=click.Path(exists=True, file_okay=True, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-p", "--provider", type=click.Choice(PROVIDERS), default="ollama", show_default=True,
+              help="Where the model runs: " + "; ".join(f"{k} = {v}" for k, v in DESCRIPTIONS.items()) + ".")
+@click.option("-m", "--model", help="Model name. Defaults: ollama qwen2.5:3b; openai the server's only "
+              "model; local Gemma 3 270M (or a local path / HF id); openrouter has none (required).")
+@click.option("--base-url", help="Server URL: OpenAI-compatible base URL (e.g. http://localhost:8000/v1) "
+              "or the Ollama host (default: $OLLAMA_HOST or http://localhost:11434).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["completion", "chat", "reasoning"]),
+              default="completion", show_default=True,
+              help='Row shape: completion {"prompt","completion"}; chat {"messages":[...]}; reasoning '
+              '(see --reasoning-format).')
+@click.option("--reasoning-format", type=click.Choice(["separate", "integrated"]), default="separate",
+              show_default=True, help='For --format reasoning: separate {"question","reasoning","answer"} or '
+              'integrated {"prompt","completion"} with <think>reasoning</think> before the answer.')
+@click.option("--system-message", help="System turn added to every row with --format chat.")
+@click.option("--chunk-size", type=int, default=4000, show_default=True,
+              help="Maximum characters per chunk (a code block, table or list item is never cut).")
+@click.option("--pairs-per-1k", type=float, default=10.0, show_default=True,
+              help="Pairs per 1000 characters of each document (at least 1 per document).")
+@click.option("--train-pct", type=float, default=0.6, show_default=True, help="Share of pairs for train.")
+@click.option("--valid-pct", type=float, default=0.2, show_default=True, help="Share of pairs for valid.")
+@click.option("--test-pct", type=float, default=0.2, show_default=True,
+              help="Share of pairs for test. The three shares must sum to 1.")
+@click.option("--dedupe-threshold", type=float, default=90.0, show_default=True,
+              help="Drop a question this similar (0-100, rapidfuzz) to any accepted one in the document.")
+@click.option("--grounding-threshold", type=float, default=0.5, show_default=True,
+              help="Drop an answer unless this share of its content words occurs in the chunk (0 = off).")
+@click.option("--no-grounding", is_flag=True, help="Switch the grounding check off (e.g. when --language "
+              "translates the documentation).")
+@click.option("--max-attempts", type=int, default=3, show_default=True,
+              help="Extra requests per chunk and split when the model returns fewer usable pairs than asked.")
+@click.option("--batch-size", type=int, default=10, show_default=True,
+              help="Most pairs asked for in one request.")
+@click.option("--language", help="Language of the pairs, e.g. German. Default: the language each "
+              "document is written in (detected).")
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--seed", type=int, help="Sampling seed passed to the model, where supported.")
+@click.option("--structured", type=click.Choice(["auto", "schema", "json", "none"]), default="auto",
+              show_default=True, help="Structured output: a JSON schema, plain JSON mode, or none. auto uses "
+              "the schema and steps down if the server rejects it.")
+@click.option("--request-timeout", type=float, default=300.0, show_default=True, help="Seconds per request.")
+@click.option("--dry-run", is_flag=True, help="Make no model calls: show chunks, targets, requests and a "
+              "token estimate per file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output (errors are still shown).")
+def generate(src, out, provider, model, base_url, fmt, reasoning_format, system_message, chunk_size,
+             pairs_per_1k, train_pct, valid_pct, test_pct, dedupe_threshold, grounding_threshold, no_grounding,
+             max_attempts, batch_size, language, temperature, seed, structured, request_timeout, dry_run,
+             quiet):
+    """Generate train/valid/test question-answer pairs from the .md/.txt files under SRC into OUT.
+
+    \b
+    Writes, mirroring SRC's folders:
+      OUT/<path>_train.jsonl, _valid.jsonl, _test.jsonl   per source file
+      OUT/train.jsonl, valid.jsonl, test.jsonl           all files merged
+      OUT/manifest.json                                  settings, targets vs delivered, drops, usage
+      OUT/rejects.jsonl                                  unparseable replies, failed requests, dropped pairs
+
+    \b
+    Examples:
+      datakeg generate ./docs ./out                                   # Ollama, qwen2.5:3b
+      datakeg generate ./docs ./out -m llama3.2:3b --format chat --system-message "You are a docs expert."
+      datakeg generate ./docs ./out -p openai --base-url http://localhost:8000/v1
+      OPENROUTER_API_KEY=... datakeg generate ./docs ./out -p openrouter -m qwen/qwen-2.5-7b-instruct
+      datakeg generate ./docs ./out -p local --pairs-per-1k 2           # offline demo model, no server
+      datakeg generate ./docs ./out --dry-run                           # estimate first
+    """
+    from datakeg.discovery import read_documents
+    from datakeg.pipeline import Generator, Settings, estimate, make_plan
+    from datakeg.providers import create_provider
+    from datakeg.targets import Ratios
+
+    try:
+        settings = Settings(
+            format=fmt, reasoning_format=reasoning_format, system_message=system_message, chunk_size=chunk_size,
+            pairs_per_1k=pairs_per_1k, ratios=Ratios(train_pct, valid_pct, test_pct),
+            dedupe_threshold=dedupe_threshold, grounding_threshold=0.0 if no_grounding else grounding_threshold,
+            max_attempts=max_attempts, batch_size=batch_size, language=language, temperature=temperature,
+            seed=seed,
+        )
+        settings.validate()
+        docs, skipped = read_documents(src, out)
+        if not docs:
+            raise DatakegError(f"no readable .md or .txt files under {src}",
+                               "Point SRC at your documentation folder (hidden folders are skipped).")
+        plan = make_plan(docs, skipped, settings)
+        if dry_run:
+            _print_estimate(estimate(plan, settings), plan)
+            return
+        prov = create_provider(provider, model=model, base_url=base_url, timeout=request_timeout,
+                               structured=structured)
+        prov.check()  # before any work: says exactly what to run when the server/model is missing
+        reporter = _reporter(quiet)
+        try:
+            manifest = Generator(prov, settings, out, reporter).run(plan, src)
+        finally:
+            reporter.close()
+    except DatakegError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted. Files already finished are complete in OUT; rerun the same command to "
+                   "generate again.", err=True)
+        sys.exit(130)
+    _print_summary(manifest, out)
+
+
+def _print_estimate(est: dict, plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Dry run (no model calls)", show_lines=False)
+    for col in ("file", "chars", "chunks", "train", "valid", "test", "requests", "prompt tok", "completion tok"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    rows = est["files"] + [{"file": "TOTAL", **est["totals"]}]
+    for f in rows:
+        table.add_row(f["file"], f"{f['chars']:,}", str(f["chunks"]), *(str(f["target"][s]) for s in
+                      ("train", "valid", "test")), str(f["requests"]), f"~{f['prompt_tokens']:,}",
+                      f"~{f['completion_tokens']:,}")
+    Console(width=max(100, Console().width)).print(table)
+    for s in plan.skipped:
+        click.echo(f"skipped {s.relpath}: {s.reason}")
+    click.echo("Requests assume every call delivers what it asks for; backfill for short replies adds more.")
+
+
+def _print_summary(manifest: dict, out: Path) -> None:
+    t = manifest["totals"]
+    parts = ", ".join(f"{s} {t['delivered'][s]}/{t['target'][s]}" for s in ("train", "valid", "test"))
+    click.echo(f"Wrote {out}: {t['files']} file(s), {t['chunks']} chunk(s); pairs {parts}")
+    dropped = ", ".join(f"{k} {v}" for k, v in t["dropped"].items()) or "none"
+    click.echo(f"Dropped: {dropped}. Requests: {t['requests']} ({t['failed_requests']} failed, "
+               f"{t['unparseable_replies']} unparseable); tokens: {t['prompt_tokens']:,} prompt + "
+               f"{t['completion_tokens']:,} completion.")
+    if manifest["skipped"]:
+        click.echo(f"Skipped {len(manifest['skipped'])} file(s); see manifest.json.")
+
+
+# --------------------------------------------------------------------------- merge / providers
+@cli.command(context_settings=CONTEXT)
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def merge(out):
+    """Rebuild OUT/train.jsonl, valid.jsonl and test.jsonl from the per-file outputs.
+
+    Uses the file order recorded in OUT/manifest.json (or every *_train/_valid/_test.jsonl found).
+
+    \b
+    Example:
+      datakeg merge ./out
+    """
+    from datakeg.writers import merge as do_merge
+
+    counts = do_merge(out)
+    click.echo("Merged: " + ", ".join(f"{k}.jsonl {v} rows" for k, v in counts.items()))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--base-url", help="Check an OpenAI-compatible server at this URL for the openai provider.")
+def providers(base_url):
+    """List the providers and whether each is reachable and configured.
+
+    \b
+    Example:
+      datakeg providers
+      datakeg providers --base-url http://localhost:8000/v1
+    """
+    from datakeg.providers import provider_status
+
+    for name in PROVIDERS:
+        opts = {"base_url": base_url} if name == "openai" else {}
+        if name == "openrouter":
+            opts["model"] = "-"  # availability only: a model is chosen per run
+        status = provider_status(name, **opts)
+        mark = "ok  " if status.ok else "--  "
+        click.echo(f"{mark}{name:<11} {DESCRIPTIONS[name]}")
+        click.echo(f"    {status.detail}")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,69 @@
+"""The provider seam: one request in, one text reply out, plus token usage.
+
+A provider knows how to reach one kind of model server (or run a model in-process). The pipeline
+only sees :class:`Provider`; adding a provider means subclassing it and registering it in
+``datakeg.providers.PROVIDERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict]
+    schema: dict | None = None  # JSON schema for structured output, when wanted
+    temperature: float = 0.7
+    max_tokens: int | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None  # in USD, when the server reports it (OpenRouter)
+
+
+@dataclass
+class ProviderStatus:
+    name: str
+    ok: bool
+    detail: str
+
+
+class Provider:
+    """Base class. Subclasses set ``name`` and implement ``check`` and ``complete``."""
+
+    name = "base"
+    default_concurrency = 4
+
+    def __init__(self, model: str | None):
+        self.model = model
+
+    def check(self) -> None:
+        """Raise ProviderUnavailable (with what to run) unless requests can be served."""
+
+    def complete(self, request: ChatRequest) -> Completion:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What goes into the manifest: never a key."""
+        return {"provider": self.name, "model": self.model}
+
+    def close(self) -> None:
+        pass
+
+
+def redact_url(url: str | None) -> str | None:
+    """Drop user:password@ and query strings (which may hold keys) from a URL."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -1,0 +1,255 @@
+"""A deterministic fake LLM server for tests and benchmarks (real HTTP on 127.0.0.1).
+
+Speaks the OpenAI API (``POST /v1/chat/completions``, ``GET /v1/models``) and the Ollama API
+(``POST /api/chat``, ``GET /api/tags``, ``GET /api/version``). It answers datakeg prompts from the
+excerpt inside them: each question names a short span of the excerpt and its answer is the text
+around that span, so every answer is grounded. It honours the requested count and skips the
+questions the prompt says to avoid.
+
+Faults (each ``name`` or ``name:N`` = on every Nth chat request, default every request):
+  fence       wrap the JSON in a ```json code fence
+  malformed   reply with broken JSON (nothing parseable)
+  duplicates  repeat a question the prompt said to avoid (or the first one of the reply)
+  ungrounded  add a pair whose answer has nothing to do with the excerpt
+  fewer       return only half of the pairs asked (rounded up)
+  prose       add a sentence of prose before and after the JSON
+  http429     answer HTTP 429 with Retry-After: 0
+  http500     answer HTTP 500
+
+Run it on its own:  python -m datakeg.testing.fake_server --port 8000 --fault fence --latency 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FAULTS = ("fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500")
+DEFAULT_MODELS = ("qwen2.5:3b", "fake-model")
+
+_EXCERPT = re.compile(r"<excerpt>\n(.*?)\n</excerpt>", re.DOTALL)
+_COUNT = re.compile(r"Write exactly (\d+) new question-answer pair")
+_WORDS = re.compile(r"[^\W_][\w.'/-]*", re.UNICODE)
+
+
+def parse_faults(specs) -> dict[str, int]:
+    faults = {}
+    for spec in specs or ():
+        name, _, every = spec.partition(":")
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+        faults[name] = int(every or 1)
+    return faults
+
+
+def candidates(excerpt: str) -> list[tuple[str, str]]:
+    """All (question, answer) pairs the server can give for an excerpt, in a fixed order.
+
+    Each names a different 6-word span of the excerpt; spans too similar to an earlier one are
+    left out, as a cooperative model would."""
+    from rapidfuzz import fuzz
+
+    words = _WORDS.findall(excerpt)
+    out: list[tuple[str, str]] = []
+    seen: list[str] = []
+    for start in range(0, len(words), 6):
+        span = " ".join(words[start:start + 6])
+        if len(words[start:start + 6]) < 3 or any(fuzz.token_sort_ratio(span, s) >= 70 for s in seen):
+            continue
+        seen.append(span)
+        answer = " ".join(words[max(0, start - 3):start + 12])
+        out.append((f"What is said about {span}?", answer))
+    return out
+
+
+def avoided(prompt: str) -> list[str]:
+    marker = "Do not write questions similar to these existing ones:\n"
+    if marker not in prompt:
+        return []
+    block = prompt.split(marker, 1)[1].split("\n\n", 1)[0]
+    return [line[2:] for line in block.splitlines() if line.startswith("- ")]
+
+
+def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
+    """The reply text for one datakeg prompt, with the active faults applied."""
+    m = _EXCERPT.search(prompt)
+    excerpt = m.group(1) if m else prompt
+    count = int(_COUNT.search(prompt).group(1)) if _COUNT.search(prompt) else 3
+    avoid = avoided(prompt)
+    avoid_set = set(avoid)
+    want = (count + 1) // 2 if "fewer" in active else count
+    # Move on from where the avoided questions stop, as a model continuing its work would.
+    cands = candidates(excerpt)
+    seen_at = [i for i, (q, _) in enumerate(cands) if q in avoid_set]
+    first = (max(seen_at) + 1) if seen_at else 0
+    pairs = []
+    for q, a in cands[first:] + cands[:first]:
+        if len(pairs) >= want:
+            break
+        if q in avoid_set:
+            continue
+        pair = {"question": q, "answer": a}
+        if reasoning:
+            pair = {"question": q, "reasoning": f"The documentation states: {a}", "answer": a}
+        pairs.append(pair)
+    if "duplicates" in active and pairs:
+        pairs.append(dict(pairs[0], question=avoid[0] if avoid else pairs[0]["question"]))
+    if "ungrounded" in active:
+        pairs.append({"question": "Which colour is the moon of planet Zorblax in winter?",
+                      "answer": "Zorblaxian moons glow turquoise whenever quasar volcanoes erupt.",
+                      **({"reasoning": "Invented."} if reasoning else {})})
+    body = json.dumps({"pairs": pairs}, ensure_ascii=False)
+    if "malformed" in active:
+        return '{"pairs": [{"question": "Unterminated, "answer": ' + body[:20]
+    if "fence" in active:
+        body = f"```json\n{body}\n```"
+    if "prose" in active:
+        body = f"Sure! Here are the pairs:\n{body}\nLet me know if you need more."
+    return body
+
+
+class FakeLLMServer:
+    """In-process server: ``with FakeLLMServer(faults=["fence"]) as srv: srv.url ...``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, faults=None, latency: float = 0.0,
+                 models=DEFAULT_MODELS):
+        self.faults = parse_faults(faults)
+        self.latency = latency
+        self.models = list(models)
+        self.requests: list[dict] = []  # every chat request body received, in order
+        self.lock = threading.Lock()
+        self.chat_count = 0
+        self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """Base URL for the OpenAI provider (``--base-url``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def ollama_host(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeLLMServer:
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _active_faults(self) -> tuple[int, set[str]]:
+        with self.lock:
+            self.chat_count += 1
+            n = self.chat_count
+        return n, {name for name, every in self.faults.items() if n % every == 0}
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send(self, status: int, obj, headers=None):
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path.rstrip("/") == "/v1/models":
+                    self._send(200, {"object": "list", "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in server.models]})
+                elif self.path == "/api/tags":
+                    self._send(200, {"models": [
+                        {"name": m, "model": m, "modified_at": "2026-01-01T00:00:00Z", "size": 1,
+                         "digest": "0" * 64, "details": {"format": "gguf", "family": "fake"}}
+                        for m in server.models]})
+                elif self.path == "/api/version":
+                    self._send(200, {"version": "0.0.0-fake"})
+                else:
+                    self._send(404, {"error": f"not found: {self.path}"})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    return self._send(400, {"error": "invalid JSON body"})
+                if self.path not in ("/v1/chat/completions", "/api/chat"):
+                    return self._send(404, {"error": f"not found: {self.path}"})
+                ollama = self.path == "/api/chat"
+                with server.lock:
+                    server.requests.append({"path": self.path, "body": body})
+                n, active = server._active_faults()
+                if server.latency:
+                    time.sleep(server.latency)
+                if "http429" in active:
+                    return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+                if "http500" in active:
+                    return self._send(500, {"error": {"message": "internal error"}})
+                model = body.get("model")
+                if ollama and model not in server.models:
+                    return self._send(404, {"error": f"model '{model}' not found, try pulling it first"})
+                messages = body.get("messages") or []
+                prompt = "\n".join(str(m.get("content", "")) for m in messages)
+                fmt = body.get("format") if ollama else body.get("response_format")
+                reasoning = '"reasoning"' in json.dumps(fmt) if fmt else '"reasoning"' in prompt
+                text = answer_prompt(prompt, reasoning, active)
+                ptok, ctok = max(1, len(prompt) // 4), max(1, len(text) // 4)
+                if ollama:
+                    return self._send(200, {
+                        "model": model, "created_at": "2026-01-01T00:00:00Z",
+                        "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop",
+                        "prompt_eval_count": ptok, "eval_count": ctok})
+                return self._send(200, {
+                    "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}})
+
+        return Handler
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--fault", action="append", default=[], help="fault to inject, e.g. fence or malformed:3")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each chat reply")
+    args = ap.parse_args(argv)
+    srv = FakeLLMServer(args.host, args.port, args.fault, args.latency)
+    print(f"fake LLM server on http://{args.host}:{srv.port}  (OpenAI: --base-url {srv.url}; "
+          f"Ollama: OLLAMA_HOST={srv.ollama_host})", flush=True)
+    try:
+        srv.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
