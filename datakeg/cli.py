@@ -221,6 +221,7 @@ def generate(src, out, provider, model, base_url, fmt, reasoning_format, system_
                                structured=structured)
         prov.check()  # before any work: says exactly what to run when the server/model is missing
         reporter = _reporter(quiet)
+        prov.prepare(lambda message: reporter.echo(f"{provider}: {message}"))
         try:
             manifest = Generator(prov, settings, out, reporter).run(plan, src)
         finally:

@@ -199,8 +199,10 @@ class Generator:
                                   count=count, split=split, language=language, avoid=avoid,
                                   reasoning=self.settings.reasoning)
         per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2)
+        task = {"excerpt": chunk.text, "count": count, "split": split, "language": language, "avoid": avoid,
+                "reasoning": self.settings.reasoning}
         request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
-                              max_tokens=200 + per_pair * count, seed=self.settings.seed)
+                              max_tokens=200 + per_pair * count, seed=self.settings.seed, task=task)
         where = {"source": dp.doc.relpath, "chunk": chunk.index, "split": split}
         self.stats.requests += 1
         try:
@@ -256,7 +258,7 @@ class Generator:
                     batch: list[str] = []
                     kept = 0
                     for pair in pairs:
-                        reason = "over_count" if kept >= count else gate.check(pair, grounding, batch)
+                        reason = gate.check(pair, grounding, batch) or ("over_count" if kept >= count else None)
                         if reason:
                             dropped_doc[reason] += 1
                             self.rejects.append({"kind": "dropped_pair", "reason": reason, "source": dp.doc.relpath,

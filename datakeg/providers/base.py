@@ -18,6 +18,9 @@ class ChatRequest:
     temperature: float = 0.7
     max_tokens: int | None = None
     seed: int | None = None
+    # The same request as data (excerpt, count, split, language, avoid, reasoning), for providers
+    # that cannot follow instructions and build their own prompt (the offline base model).
+    task: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class Provider:
 
     def check(self) -> None:
         """Raise ProviderUnavailable (with what to run) unless requests can be served."""
+
+    def prepare(self, report=lambda message: None) -> None:
+        """Load what the provider needs before the first request (in-process models)."""
 
     def complete(self, request: ChatRequest) -> Completion:  # pragma: no cover - interface
         raise NotImplementedError

