@@ -132,4 +132,26 @@ def parse_pairs(text: str) -> list[Pair]:
                 pairs.append(Pair(q, a, _pick(obj, REASONING_KEYS)))
         if pairs or not items:
             return pairs
+    salvaged = _salvage(body)
+    if salvaged:
+        return salvaged
     raise ParseError("no JSON question/answer pairs found in the reply")
+
+
+_STRING = r'"((?:[^"\\\n]|\\.)*)"'
+_LOOSE_PAIR = re.compile(
+    r'"(?:question|q)"\s*:\s*' + _STRING + r'\s*,\s*(?:"(?:reasoning|thinking)"\s*:\s*' + _STRING
+    + r'\s*,\s*)?"(?:answer|a)"\s*:\s*' + _STRING, re.IGNORECASE)
+
+
+def _salvage(text: str) -> list[Pair]:
+    """Last resort for almost-JSON (a stray character after a string, a missing brace): pick out
+    "question": "...", "answer": "..." sequences whose strings are themselves valid JSON."""
+    pairs = []
+    for m in _LOOSE_PAIR.finditer(text):
+        try:
+            q, r, a = (json.loads(f'"{g}"') if g is not None else "" for g in m.groups())
+        except json.JSONDecodeError:
+            continue
+        pairs.append(Pair(q.strip(), a.strip(), r.strip()))
+    return pairs

@@ -24,17 +24,22 @@ INSTALL_HINT = (
 )
 BUNDLED = "gemma3-270m (bundled GGUF, Q4_K_M)"
 
-_FEW_SHOT_TEXT = (
-    "The kettle boils one litre of water in three minutes. It switches itself off when the water boils. "
-    "Descale the kettle once a month with white vinegar."
-)
+# Few-shot examples: documentation-like excerpts whose answers reuse the excerpt's own sentences.
 _FEW_SHOT = [
-    {"question": "How long does the kettle take to boil one litre of water?",
-     "reasoning": "The text says it boils one litre in three minutes.",
-     "answer": "The kettle boils one litre of water in three minutes."},
-    {"question": "How often should the kettle be descaled, and with what?",
-     "reasoning": "The text gives both the interval and the product.",
-     "answer": "Descale the kettle once a month with white vinegar."},
+    ("Run `brew install jq` to install jq on macOS. On Debian and Ubuntu, use `sudo apt install jq`.",
+     [{"question": "How do I install jq on macOS?",
+       "reasoning": "The excerpt names the Homebrew command for macOS.",
+       "answer": "Run `brew install jq` to install jq on macOS."},
+      {"question": "Which command installs jq on Debian or Ubuntu?",
+       "reasoning": "The excerpt gives the apt command for Debian and Ubuntu.",
+       "answer": "On Debian and Ubuntu, use `sudo apt install jq`."}]),
+    ("The `--port` option sets the port the server listens on. The default port is 8080.",
+     [{"question": "What does the `--port` option do?",
+       "reasoning": "The excerpt describes the option.",
+       "answer": "The `--port` option sets the port the server listens on."},
+      {"question": "What is the default port of the server?",
+       "reasoning": "The excerpt states the default.",
+       "answer": "The default port is 8080."}]),
 ]
 _STOP = ["\n\n", "\nExcerpt", "\nText:"]
 
@@ -49,7 +54,7 @@ class LocalProvider(Provider):
     name = "local"
     default_concurrency = 1
 
-    def __init__(self, model: str | None = None, max_new_tokens: int = 192, **_):
+    def __init__(self, model: str | None = None, max_new_tokens: int = 96, **_):
         super().__init__(model)
         self.max_new_tokens = max_new_tokens
         self._model = None
@@ -108,39 +113,34 @@ class LocalProvider(Provider):
             self._tokenizer = AutoTokenizer.from_pretrained(folder)
             self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self._device)
         else:
-            # De-quantizing a GGUF and converting its tokenizer is slow: do it once, keep the result.
+            # Converting the GGUF tokenizer is slow (about a minute on 2 cores): do it once, keep it.
+            # (The de-quantized weights cannot be saved by transformers, so they load each run.)
             stat = (Path(folder) / gguf).stat()
             key = hashlib.sha256(f"{folder}/{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-            cache = _cache_dir() / "models" / key
-            if (cache / "config.json").exists() and (cache / "tokenizer_config.json").exists():
-                report(f"loading {self.model or BUNDLED} on {self._device} (cached)")
-                self._tokenizer = AutoTokenizer.from_pretrained(cache)
-                self._model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype).to(self._device)
+            tok_cache = _cache_dir() / "tokenizers" / key
+            if (tok_cache / "tokenizer_config.json").exists():
+                self._tokenizer = AutoTokenizer.from_pretrained(tok_cache)
             else:
-                report(f"converting {self.model or BUNDLED} from GGUF (first run only, about a minute)")
+                report("converting the tokenizer (first run only)")
                 self._tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-                self._model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
-                tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-                self._model.save_pretrained(tmp)
+                tmp = tok_cache.with_name(f"{key}.tmp{os.getpid()}")
                 self._tokenizer.save_pretrained(tmp)
-                if cache.exists():
-                    import shutil
-
-                    shutil.rmtree(cache)
-                os.replace(tmp, cache)  # a crash mid-save never leaves a half cache
-                self._model = self._model.to(dtype=dtype, device=self._device)
+                os.replace(tmp, tok_cache)  # a crash mid-save never leaves a half cache
+            report(f"loading {self.model or BUNDLED} on {self._device} (de-quantizing GGUF, ~30 s on 2 cores)")
+            self._model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype).to(self._device)
         self._model.eval()
 
     # -- generation ---------------------------------------------------------------------------
     @staticmethod
     def few_shot_prompt(excerpt: str, reasoning: bool) -> str:
         keys = ("question", "reasoning", "answer") if reasoning else ("question", "answer")
-        shots = "\n".join(json.dumps({k: p[k] for k in keys}, ensure_ascii=False) for p in _FEW_SHOT)
+        blocks = []
+        for text, pairs in _FEW_SHOT:
+            lines = "\n".join(json.dumps({k: p[k] for k in keys}, ensure_ascii=False) for p in pairs)
+            blocks.append(f"Excerpt:\n{text}\nPairs:\n{lines}\n")
         return (
-            "Question-answer pairs about documentation excerpts, one JSON object per line. Every answer "
-            "is taken from the excerpt.\n\n"
-            f"Excerpt:\n{_FEW_SHOT_TEXT}\nPairs:\n{shots}\n\n"
-            f"Excerpt:\n{excerpt.strip()}\nPairs:\n"
+            "Question-answer pairs about documentation excerpts, one JSON object per line. Each answer "
+            "copies a sentence of the excerpt.\n\n" + "\n".join(blocks) + f"\nExcerpt:\n{excerpt.strip()}\nPairs:\n"
         )
 
     def complete(self, request: ChatRequest) -> Completion:
@@ -156,7 +156,7 @@ class LocalProvider(Provider):
             self._calls += 1
             torch.manual_seed((request.seed or 0) + self._calls)
             inputs = self._tokenizer(prompt + primer, return_tensors="pt").to(self._device)
-            budget = min(self.max_new_tokens * count, request.max_tokens or 10**9, 1024)
+            budget = min(self.max_new_tokens * count, request.max_tokens or 10**9, 512)
             with torch.inference_mode():
                 output = self._model.generate(
                     **inputs, max_new_tokens=budget, do_sample=request.temperature > 0,
