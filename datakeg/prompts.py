@@ -70,8 +70,10 @@ def build_messages(*, source: str, breadcrumb: str, chunk: str, count: int, spli
 
 
 def avoid_list(same_chunk: list[Pair], elsewhere: list[str], chunk: str, cap: int) -> list[str]:
-    """Questions to exclude: those of this chunk first, then the most similar from elsewhere."""
+    """Questions to exclude, at most ``cap``: the latest of this chunk (up to two thirds of the cap),
+    then the most similar ones from the rest of the document."""
     from datakeg.quality import most_similar
 
-    own = [p.question for p in same_chunk][-cap:] if cap > 0 else []
+    own_cap = cap - cap // 3
+    own = [p.question for p in same_chunk][-own_cap:] if own_cap > 0 else []
     return own + most_similar(chunk, elsewhere, cap - len(own))
