@@ -305,5 +305,121 @@ def providers(base_url):
         click.echo(f"    {status.detail}")
 
 
+# --------------------------------------------------------------------------- convert / validate
+def _list_templates(ctx, _param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from datakeg.convert import TARGETS
+
+    click.echo("Targets (convert from any of: completion, chat, reasoning, alpaca, sharegpt; "
+               "integrated <think> reasoning is read from completion/chat rows):\n")
+    for t in TARGETS.values():
+        extra = []
+        if t.system != "kept":
+            extra.append(f"system {t.system}")
+        if t.reasoning:
+            extra.append("keeps reasoning")
+        if not t.multi_turn:
+            extra.append("single turn")
+        click.echo(f"  {t.name:<12} {t.description}" + (f" [{'; '.join(extra)}]" if extra else ""))
+        click.echo(f"  {'':<12} {t.example}")
+    ctx.exit(0)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("-t", "--template", "template_name", help="Target format (see -l).")
+@click.option("-l", "--list-templates", is_flag=True, expose_value=False, is_eager=True, callback=_list_templates,
+              help="List every target template and exit.")
+@click.option("--source-format", type=click.Choice(["completion", "chat", "reasoning", "alpaca", "sharegpt"]),
+              help="Shape of the input rows (default: detected from the first 200 rows).")
+@click.option("--custom-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Jinja2 template file rendered per row into {\"text\"}. Variables: messages (list of "
+              "{role, content}), system, question, answer, reasoning.")
+@click.option("--system-message", help="Add this system turn to rows that have none (where the target has one).")
+def convert(src, dst, template_name, source_format, custom_template, system_message):
+    """Convert SRC (a JSONL or JSON-array file, or a folder with train/valid/test.jsonl) to a
+    trainer's format in DST (a file, or a folder keeping the file names).
+
+    \b
+    Examples:
+      datakeg convert -l
+      datakeg convert out/train.jsonl train_chatml.jsonl --template chatml
+      datakeg convert out/ out_llama3/ --template llama3 --system-message "You are the Tallyho docs expert."
+      datakeg convert data.json data.jsonl --template messages --source-format alpaca
+      datakeg convert out/ out_custom/ --custom-template my_template.jinja
+    """
+    from datakeg.convert import TARGETS, convert_file, custom_target
+
+    try:
+        if custom_template:
+            target = custom_target(custom_template)
+        elif template_name in TARGETS:
+            target = TARGETS[template_name]
+        else:
+            raise DatakegError(f"unknown or missing --template {template_name!r}" if template_name else
+                               "--template (or --custom-template) is required",
+                               f"Choose one of: {', '.join(TARGETS)} (details: datakeg convert -l).")
+        if src.is_dir():
+            pairs = [(src / f"{s}.jsonl", dst / f"{s}.jsonl") for s in ("train", "valid", "test")
+                     if (src / f"{s}.jsonl").exists()]
+            if not pairs:
+                raise DatakegError(f"{src} holds no train.jsonl, valid.jsonl or test.jsonl",
+                                   "Point SRC at a datakeg output folder or at one file.")
+        else:
+            pairs = [(src, dst)]
+        notes: set[str] = set()
+        for s, d in pairs:
+            report = convert_file(s, d, target, source_format, system_message)
+            click.echo(f"{s} -> {d}: {report.rows} rows as {target.name} (source {report.detected})", err=True)
+            for lineno, reason in report.skipped[:20]:
+                click.echo(f"  line {lineno}: skipped: {reason}", err=True)
+            if len(report.skipped) > 20:
+                click.echo(f"  ... {len(report.skipped) - 20} more skipped lines", err=True)
+            notes.update(report.notes)
+        for note in sorted(notes):
+            click.echo(f"note: {note}", err=True)
+    except DatakegError as exc:
+        _fail(exc)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--dedupe-threshold", type=float, default=90.0, show_default=True,
+              help="For a datakeg output folder: report valid/test questions this similar to a train question.")
+def validate(target, dedupe_threshold):
+    """Check every line of a dataset FILE, or of train/valid/test.jsonl in a DIR: valid JSON, one
+    known shape, non-empty fields, one shape per file, alternating roles. Exits 1 on any problem.
+
+    \b
+    Examples:
+      datakeg validate out/
+      datakeg validate out/train.jsonl
+    """
+    from datakeg.validate import cross_split_duplicates, dataset_files, validate_file
+
+    files, is_output = dataset_files(target)
+    if not files:
+        _fail(DatakegError(f"no .jsonl files under {target}"))
+    bad = 0
+    for path in files:
+        rep = validate_file(path)
+        status = "ok" if rep.ok else f"{len(rep.problems)} problem(s)"
+        click.echo(f"{path}: {rep.rows} rows, shape {rep.shape or '-'}: {status}")
+        for lineno, reason in rep.problems[:50]:
+            click.echo(f"  line {lineno}: {reason}")
+        if len(rep.problems) > 50:
+            click.echo(f"  ... {len(rep.problems) - 50} more")
+        bad += len(rep.problems)
+    if is_output:
+        dups = cross_split_duplicates(target, dedupe_threshold)
+        click.echo(f"cross-split duplicates (>= {dedupe_threshold:g} similar to a train question): {len(dups)}")
+        for split, lineno, q, match in dups[:50]:
+            click.echo(f"  {split}.jsonl line {lineno}: {q!r} ~ train {match!r}")
+        bad += len(dups)
+    sys.exit(1 if bad else 0)
+
+
 def main() -> None:
     cli()
