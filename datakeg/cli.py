@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -126,6 +127,33 @@ def _reporter(quiet: bool):
     return cls() if base is _RichReporter else cls(quiet)
 
 
+_SECRET_KEYS = ("api_key", "apikey", "key", "token", "secret", "password", "openai_api_key", "openrouter_api_key")
+
+
+def _load_config(ctx, _param, path):
+    """--config FILE: TOML keys become defaults for the options (flags still win)."""
+    if path is None:
+        return
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--config") from None
+    names = {p.name for p in ctx.command.params if isinstance(p, click.Option)} - {"config"}
+    defaults = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        name = "fmt" if name == "format" else name
+        if name.lower() in _SECRET_KEYS or name.lower().endswith(("_key", "_token", "_secret")):
+            raise click.BadParameter(f"{key!r} looks like a secret; keys never go in the config file. Use the "
+                                     "environment (OPENROUTER_API_KEY, OPENAI_API_KEY).", param_hint="--config")
+        if name not in names or name in ("dry_run", "fresh", "resume"):
+            raise click.BadParameter(f"unknown key {key!r} in {path}", param_hint="--config")
+        defaults[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
 # --------------------------------------------------------------------------- generate
 @cli.command(context_settings=CONTEXT)
 @click.argument("src", type=click.Path(exists=True, file_okay=True, path_type=Path))
@@ -170,13 +198,37 @@ def _reporter(quiet: bool):
               show_default=True, help="Structured output: a JSON schema, plain JSON mode, or none. auto uses "
               "the schema and steps down if the server rejects it.")
 @click.option("--request-timeout", type=float, default=300.0, show_default=True, help="Seconds per request.")
+@click.option("--max-retries", type=int, default=4, show_default=True,
+              help="Retries per request on timeouts, connection errors, 429 and 5xx (exponential backoff with "
+              "jitter; Retry-After honoured).")
+@click.option("--wait-for-model", type=float, default=0.0, show_default=True, metavar="SECONDS",
+              help="Wait this long for a server that is still starting before giving up.")
+@click.option("-c", "--concurrency", type=int, help="Chunks in flight at once. Default: 4 for remote "
+              "providers, 2 for Ollama, 1 for the offline model. Outputs are identical whatever the value.")
+@click.option("--max-requests", type=int, help="Hard stop after this many model requests (resumable).")
+@click.option("--max-tokens", type=int, help="Hard stop after this many prompt + completion tokens (resumable).")
+@click.option("--max-cost", type=float, help="Hard stop at this cost in USD, from OpenRouter's reported "
+              "usage cost (resumable).")
+@click.option("--leakage-threshold", type=float, default=0.9, show_default=True,
+              help="After generation, remove valid/test pairs whose question has a TF-IDF (char n-gram) cosine "
+              "similarity this high to any train question.")
+@click.option("--no-audit", is_flag=True, help="Skip the leakage audit.")
+@click.option("--max-file-mb", type=float, default=20.0, show_default=True,
+              help="Skip (and report) source files larger than this.")
+@click.option("--resume", is_flag=True, help="Reuse OUT even when its run had different settings (only the "
+              "requests that still match are reused). A rerun with the same settings resumes by itself.")
+@click.option("--fresh", is_flag=True, help="Forget the run recorded in OUT and start over.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
+              expose_value=False, callback=_load_config,
+              help="TOML file with any of these options (flags override it). See `datakeg init-config`.")
 @click.option("--dry-run", is_flag=True, help="Make no model calls: show chunks, targets, requests and a "
               "token estimate per file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (errors are still shown).")
 def generate(src, out, provider, model, base_url, fmt, reasoning_format, system_message, chunk_size,
              pairs_per_1k, train_pct, valid_pct, test_pct, dedupe_threshold, grounding_threshold, no_grounding,
-             max_attempts, batch_size, language, temperature, seed, structured, request_timeout, dry_run,
-             quiet):
+             max_attempts, batch_size, language, temperature, seed, structured, request_timeout, max_retries,
+             wait_for_model, concurrency, max_requests, max_tokens, max_cost, leakage_threshold, no_audit,
+             max_file_mb, resume, fresh, dry_run, quiet):
     """Generate train/valid/test question-answer pairs from the .md/.txt files under SRC into OUT.
 
     \b
@@ -196,20 +248,23 @@ def generate(src, out, provider, model, base_url, fmt, reasoning_format, system_
       datakeg generate ./docs ./out --dry-run                           # estimate first
     """
     from datakeg.discovery import read_documents
-    from datakeg.pipeline import Generator, Settings, estimate, make_plan
+    from datakeg.journal import prepare_out
+    from datakeg.pipeline import Generator, Limits, Settings, estimate, make_plan
     from datakeg.providers import create_provider
     from datakeg.targets import Ratios
 
+    if resume and fresh:
+        _fail(DatakegError("--resume and --fresh contradict each other; pass one of them."))
     try:
         settings = Settings(
             format=fmt, reasoning_format=reasoning_format, system_message=system_message, chunk_size=chunk_size,
             pairs_per_1k=pairs_per_1k, ratios=Ratios(train_pct, valid_pct, test_pct),
             dedupe_threshold=dedupe_threshold, grounding_threshold=0.0 if no_grounding else grounding_threshold,
             max_attempts=max_attempts, batch_size=batch_size, language=language, temperature=temperature,
-            seed=seed,
+            seed=seed, leakage_threshold=0.0 if no_audit else leakage_threshold,
         )
         settings.validate()
-        docs, skipped = read_documents(src, out)
+        docs, skipped = read_documents(src, out, max_bytes=int(max_file_mb * 1024 * 1024))
         if not docs:
             raise DatakegError(f"no readable .md or .txt files under {src}",
                                "Point SRC at your documentation folder (hidden folders are skipped).")
@@ -218,21 +273,129 @@ def generate(src, out, provider, model, base_url, fmt, reasoning_format, system_
             _print_estimate(estimate(plan, settings), plan)
             return
         prov = create_provider(provider, model=model, base_url=base_url, timeout=request_timeout,
-                               structured=structured)
-        prov.check()  # before any work: says exactly what to run when the server/model is missing
+                               structured=structured, max_retries=max_retries)
+        _check_provider(prov, wait_for_model, quiet)  # before any work: says what to run when unavailable
+        fingerprint = json.loads(json.dumps({**prov.describe(), "settings": settings.to_dict()}, default=str))
+        fingerprint.pop("base_url", None)
+        fingerprint.pop("device", None)
+        mode = prepare_out(out, fingerprint, fresh=fresh, resume=resume)
         reporter = _reporter(quiet)
+        for doc in docs:
+            if doc.encoding != "utf-8":
+                reporter.on_warning(f"{doc.relpath}: not UTF-8; decoded as {doc.encoding}")
         prov.prepare(lambda message: reporter.echo(f"{provider}: {message}"))
+        gen = Generator(prov, settings, out, reporter, concurrency=concurrency or prov.default_concurrency,
+                        limits=Limits(max_requests, max_tokens, max_cost))
+        if mode == "resume" and len(gen.journal):
+            reporter.echo(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
         try:
-            manifest = Generator(prov, settings, out, reporter).run(plan, src)
+            manifest = gen.run(plan, src)
         finally:
             reporter.close()
     except DatakegError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        click.echo("\nInterrupted. Files already finished are complete in OUT; rerun the same command to "
-                   "generate again.", err=True)
+        click.echo(f"\nInterrupted. Every finished request is saved in {out}; run the same command again to "
+                   "resume where it stopped.", err=True)
         sys.exit(130)
     _print_summary(manifest, out)
+    if manifest["totals"]["chunks_short_because_of_errors"]:
+        click.echo(f"{manifest['totals']['chunks_short_because_of_errors']} chunk(s) got fewer pairs than their "
+                   f"target because requests failed (see {out}/rejects.jsonl); rerun the same command to retry "
+                   "them.", err=True)
+        sys.exit(4)
+
+
+def _check_provider(prov, wait_seconds: float, quiet: bool) -> None:
+    import time
+
+    from datakeg.errors import ProviderUnavailable
+
+    deadline = time.monotonic() + wait_seconds
+    said = False
+    while True:
+        try:
+            prov.check()
+            return
+        except ProviderUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            if not said and not quiet:
+                click.echo(f"waiting up to {wait_seconds:g}s for {prov.name} to become available ...", err=True)
+                said = True
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
+CONFIG_EXAMPLE = """\
+# datakeg generate configuration (TOML). Pass it with: datakeg generate SRC OUT --config datakeg.toml
+# Any `generate` option can go here (dashes or underscores); command-line flags override this file.
+# API keys never go here: set OPENROUTER_API_KEY / OPENAI_API_KEY in the environment.
+
+provider = "ollama"            # ollama | openrouter | openai | local
+model = "qwen2.5:3b"
+# base_url = "http://localhost:8000/v1"   # OpenAI-compatible server, or the Ollama host
+
+format = "completion"          # completion | chat | reasoning
+# reasoning_format = "separate" # separate | integrated
+# system_message = "You are the documentation expert for ..."
+
+chunk_size = 4000
+pairs_per_1k = 10
+train_pct = 0.6
+valid_pct = 0.2
+test_pct = 0.2
+
+dedupe_threshold = 90          # 0-100 (rapidfuzz)
+grounding_threshold = 0.5      # share of answer words found in the chunk; 0 = off
+leakage_threshold = 0.9        # TF-IDF cosine; valid/test questions this close to train are removed
+max_attempts = 3
+batch_size = 10
+# language = "German"
+
+concurrency = 4
+request_timeout = 300
+max_retries = 4
+# max_requests = 5000
+# max_tokens = 5000000
+# max_cost = 5.0              # USD, OpenRouter only
+"""
+
+
+@cli.command("init-config", context_settings=CONTEXT)
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="datakeg.toml")
+def init_config(path):
+    """Write a commented example configuration file for `generate --config` (default: datakeg.toml)."""
+    if path.exists():
+        _fail(DatakegError(f"{path} already exists; not overwriting it."))
+    path.write_text(CONFIG_EXAMPLE, encoding="utf-8")
+    click.echo(f"Wrote {path}. Use it with: datakeg generate SRC OUT --config {path}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--leakage-threshold", type=float, default=0.9, show_default=True,
+              help="TF-IDF (char n-gram) cosine similarity at which a valid/test question counts as leaked.")
+@click.option("--remove", is_flag=True, help="Remove the leaking pairs from valid/test and rebuild the merged files.")
+def audit(out, leakage_threshold, remove):
+    """Leakage audit of a datakeg output folder: valid/test questions too similar to a train question.
+
+    \b
+    Examples:
+      datakeg audit out/
+      datakeg audit out/ --leakage-threshold 0.8 --remove
+    """
+    from datakeg.audit import audit_dir
+
+    try:
+        hits, removed = audit_dir(out, leakage_threshold, remove)
+    except DatakegError as exc:
+        _fail(exc)
+    click.echo(f"{len(hits)} valid/test question(s) with similarity >= {leakage_threshold:g} to a train question")
+    for split, lineno, q, match, score in hits[:50]:
+        click.echo(f"  {split}.jsonl line {lineno} ({score:.2f}): {q!r} ~ {match!r}")
+    if remove:
+        click.echo(f"removed {removed} pair(s); merged files rebuilt")
+    sys.exit(1 if hits and not remove else 0)
 
 
 def _print_estimate(est: dict, plan) -> None:

@@ -88,11 +88,17 @@ def decode(data: bytes) -> tuple[str, str]:
     return str(best), best.encoding
 
 
-def read_documents(src: Path, out: Path | None = None) -> tuple[list[Document], list[Skipped]]:
+def read_documents(src: Path, out: Path | None = None,
+                   max_bytes: int | None = None) -> tuple[list[Document], list[Skipped]]:
     docs: list[Document] = []
     skipped: list[Skipped] = []
     for path, rel in iter_source_paths(src, out):
         try:
+            size = path.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                skipped.append(Skipped(rel, f"{size / 1024 / 1024:.1f} MB is over the --max-file-mb limit of "
+                                            f"{max_bytes / 1024 / 1024:g} MB"))
+                continue
             data = path.read_bytes()
         except OSError as exc:
             skipped.append(Skipped(rel, f"unreadable ({exc.strerror or exc})"))

@@ -6,18 +6,21 @@ Pure core: takes a provider and a :class:`Callbacks` object, never prints. The C
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datakeg import __version__
 from datakeg.chunking import DEFAULT_CHUNK_SIZE, Chunk, chunk_text
 from datakeg.discovery import Document, Skipped, output_stems
-from datakeg.errors import ConfigError, ProviderRequestError
+from datakeg.errors import ConfigError, DatakegError, ProviderRequestError
+from datakeg.journal import Journal, request_key
 from datakeg.parsing import ParseError, pairs_schema, parse_pairs
 from datakeg.prompts import PROMPT_VERSION, avoid_list, build_messages, detect_language
-from datakeg.providers.base import ChatRequest, Provider
+from datakeg.providers.base import ChatRequest, Completion, Provider
 from datakeg.quality import Gate, Grounding, normalize_question
 from datakeg.records import FORMATS, REASONING_FORMATS, Pair, to_row
 from datakeg.targets import SPLITS, Ratios, plan_targets
@@ -45,6 +48,7 @@ class Settings:
     language: str | None = None
     temperature: float = 0.7
     seed: int | None = None
+    leakage_threshold: float = 0.9  # TF-IDF cosine; 0 switches the audit off
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -60,6 +64,8 @@ class Settings:
             raise ConfigError("--pairs-per-1k must be greater than 0.")
         if self.chunk_size < 200:
             raise ConfigError("--chunk-size must be at least 200 characters.")
+        if not 0 <= self.leakage_threshold <= 1:
+            raise ConfigError("--leakage-threshold must be between 0 and 1 (0 switches the audit off).")
         if self.batch_size < 1 or self.max_attempts < 0:
             raise ConfigError("--batch-size must be >= 1 and --max-attempts >= 0.")
 
@@ -92,6 +98,7 @@ class DocPlan:
     chunks: list[Chunk]
     total: int
     targets: list[dict[str, int]]  # per chunk {split: n}
+    language: str = "English"
 
     @property
     def by_split(self) -> dict[str, int]:
@@ -126,7 +133,8 @@ def make_plan(docs: list[Document], skipped: list[Skipped], settings: Settings) 
             skipped.append(Skipped(doc.relpath, "no text content (only front matter or markup)"))
             continue
         total, targets = plan_targets([len(c) for c in chunks], settings.pairs_per_1k, settings.ratios)
-        plans.append(DocPlan(doc, stems[doc.relpath], chunks, total, targets))
+        language = settings.language or detect_language(doc.text)
+        plans.append(DocPlan(doc, stems[doc.relpath], chunks, total, targets, language))
     return Plan(plans, skipped)
 
 
@@ -169,32 +177,91 @@ def _batches(n: int, size: int) -> list[int]:
 
 
 @dataclass
+class Limits:
+    """Hard stops for a run (None = no limit). Replayed calls from the journal cost nothing."""
+
+    max_requests: int | None = None
+    max_tokens: int | None = None
+    max_cost: float | None = None
+
+
+class BudgetExhausted(DatakegError):
+    exit_code = 5
+
+
+@dataclass
 class RunStats:
-    requests: int = 0
+    requests: int = 0  # calls made to the model in this run
+    replayed: int = 0  # calls answered from the journal
     failed_requests: int = 0
     unparseable: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
     max_prompt_tokens: int = 0
+    max_pairs_asked: int = 0
     dropped: Counter = field(default_factory=Counter)
 
 
-class Generator:
-    """Runs a plan against a provider and writes OUT."""
+@dataclass
+class _Slot:
+    """What one chunk collected for one split."""
 
-    def __init__(self, provider: Provider, settings: Settings, out: Path, callbacks: Callbacks | None = None):
+    pairs: list[Pair] = field(default_factory=list)
+    calls: int = 0
+    errors: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    rejects: list[dict] = field(default_factory=list)
+
+
+class Generator:
+    """Runs a plan against a provider and writes OUT.
+
+    Per document, the splits run in rounds: every chunk's train requests, then every chunk's valid
+    requests (told to avoid this chunk's questions and the most similar train questions of the
+    whole document, which is complete by then), then test (avoiding train and valid). Inside a
+    round the chunks of all documents run in parallel (``concurrency``); a deterministic pass in
+    chunk order then drops near duplicates between chunks and asks again for what is missing. So
+    the output is the same whatever the concurrency, and valid/test are always checked against
+    every train question of the document.
+    """
+
+    def __init__(self, provider: Provider, settings: Settings, out: Path, callbacks: Callbacks | None = None,
+                 concurrency: int = 1, limits: Limits | None = None):
         self.provider = provider
         self.settings = settings
         self.out = Path(out)
         self.cb = callbacks or Callbacks()
+        self.concurrency = max(1, concurrency)
+        self.limits = limits or Limits()
         self.stats = RunStats()
-        self.rejects: list[dict] = []
+        self.lock = threading.Lock()
+        self.calls = threading.Semaphore(self.concurrency)
+        self.journal = Journal(self.out)
         self.schema = pairs_schema(settings.reasoning)
+        self.rejects: list[dict] = []
+        self.stopped: BaseException | None = None
 
     # -- one model call -------------------------------------------------------------------
-    def _ask(self, dp: DocPlan, chunk: Chunk, split: str, count: int, language: str,
-             avoid: list[str]) -> list[Pair] | None:
+    def _budget_check(self) -> None:
+        st, lim = self.stats, self.limits
+        reason = None
+        if lim.max_requests is not None and st.requests >= lim.max_requests:
+            reason = f"--max-requests {lim.max_requests}"
+        elif lim.max_tokens is not None and st.prompt_tokens + st.completion_tokens >= lim.max_tokens:
+            reason = f"--max-tokens {lim.max_tokens}"
+        elif lim.max_cost is not None and st.cost >= lim.max_cost:
+            reason = f"--max-cost {lim.max_cost}"
+        if reason:
+            raise BudgetExhausted(
+                f"stopped at {reason}: {st.requests} requests, {st.prompt_tokens + st.completion_tokens:,} tokens"
+                + (f", ${st.cost:.4f}" if st.cost else "") + " used in this run.",
+                "Everything finished so far is saved. Rerun the same command with a higher limit to continue; "
+                "finished requests are not repeated.",
+            )
+
+    def _ask(self, dp: DocPlan, chunk: Chunk, split: str, count: int, language: str, avoid: list[str],
+             ordinal: int, slot: _Slot) -> list[Pair] | None:
         messages = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
                                   count=count, split=split, language=language, avoid=avoid,
                                   reasoning=self.settings.reasoning)
@@ -203,98 +270,182 @@ class Generator:
                 "reasoning": self.settings.reasoning}
         request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
                               max_tokens=200 + per_pair * count, seed=self.settings.seed, task=task)
+        info = self.provider.describe()
+        key = request_key(provider=info.get("provider"), model=info.get("model"), prompt=PROMPT_VERSION,
+                          temperature=request.temperature, seed=request.seed, schema=request.schema,
+                          messages=messages, ordinal=ordinal)
         where = {"source": dp.doc.relpath, "chunk": chunk.index, "split": split}
-        self.stats.requests += 1
-        try:
-            reply = self.provider.complete(request)
-        except ProviderRequestError as exc:
-            self.stats.failed_requests += 1
-            self.rejects.append({"kind": "request_failed", **where, "error": exc.message})
-            self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): request failed: {exc.message}")
-            return None
-        self.stats.prompt_tokens += reply.prompt_tokens
-        self.stats.completion_tokens += reply.completion_tokens
-        self.stats.max_prompt_tokens = max(self.stats.max_prompt_tokens, reply.prompt_tokens)
-        if reply.cost:
-            self.stats.cost += reply.cost
-        self.cb.on_request(reply.prompt_tokens, reply.completion_tokens)
+        slot.calls += 1
+        entry = self.journal.get(key)
+        if entry is not None:
+            reply = Completion(entry["text"], entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0),
+                               entry.get("cost"))
+            with self.lock:
+                self.stats.replayed += 1
+        else:
+            with self.calls:
+                with self.lock:
+                    if self.stopped:
+                        raise self.stopped
+                    self._budget_check()
+                    self.stats.requests += 1
+                    self.stats.max_pairs_asked = max(self.stats.max_pairs_asked, count)
+                try:
+                    reply = self.provider.complete(request)
+                except ProviderRequestError as exc:
+                    slot.errors += 1
+                    with self.lock:
+                        self.stats.failed_requests += 1
+                    slot.rejects.append({"kind": "request_failed", **where, "error": exc.message})
+                    self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): request failed: {exc.message}")
+                    return None
+            self.journal.put(key, text=reply.text, prompt_tokens=reply.prompt_tokens,
+                             completion_tokens=reply.completion_tokens, cost=reply.cost)
+            with self.lock:
+                self.stats.prompt_tokens += reply.prompt_tokens
+                self.stats.completion_tokens += reply.completion_tokens
+                self.stats.max_prompt_tokens = max(self.stats.max_prompt_tokens, reply.prompt_tokens)
+                self.stats.cost += reply.cost or 0.0
+            self.cb.on_request(reply.prompt_tokens, reply.completion_tokens)
         try:
             return parse_pairs(reply.text)
         except ParseError as exc:
-            self.stats.unparseable += 1
-            self.rejects.append({"kind": "unparseable_reply", **where, "error": str(exc), "raw": reply.text})
+            with self.lock:
+                self.stats.unparseable += 1
+            slot.rejects.append({"kind": "unparseable_reply", **where, "error": str(exc), "raw": reply.text})
             self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): unparseable reply kept in {REJECTS}")
             return None
 
-    # -- one document -------------------------------------------------------------------
-    def run_document(self, dp: DocPlan) -> dict:
+    # -- one chunk, one split -----------------------------------------------------------------
+    def _fill(self, dp: DocPlan, chunk: Chunk, split: str, want: int, slot: _Slot, language: str,
+              gate: Gate, mine: list[Pair], elsewhere: list[str], max_calls: int) -> None:
+        """Ask until ``slot`` holds ``want`` pairs or ``max_calls`` more calls were made."""
         s = self.settings
-        language = s.language or detect_language(dp.doc.text)
-        gate = Gate(dedupe_threshold=s.dedupe_threshold, grounding_threshold=s.grounding_threshold)
-        accepted: dict[str, list[Pair]] = {split: [] for split in SPLITS}
-        all_questions: list[tuple[int, str]] = []  # (chunk index, question) in acceptance order
-        chunk_reports = []
-        dropped_doc: Counter = Counter()
-        self.cb.on_document_start(dp)
-        for chunk, target in zip(dp.chunks, dp.targets):
-            grounding = Grounding(chunk.text)
-            mine: list[Pair] = []
-            delivered = {split: 0 for split in SPLITS}
-            for split in SPLITS:
-                want = target[split]
-                if want == 0:
+        grounding = Grounding(chunk.text)
+        made = 0
+        while len(slot.pairs) < want and made < max_calls:
+            missing = want - len(slot.pairs)
+            count = _batches(missing, s.batch_size)[0]
+            avoid = avoid_list(mine, elsewhere, chunk.text, s.avoid_cap)
+            made += 1
+            pairs = self._ask(dp, chunk, split, count, language, avoid, slot.calls, slot)
+            if pairs is None:
+                continue
+            batch: list[str] = []
+            kept = 0
+            for pair in pairs:
+                reason = gate.check(pair, grounding, batch) or ("over_count" if kept >= count else None)
+                if reason:
+                    slot.dropped[reason] += 1
+                    slot.rejects.append({"kind": "dropped_pair", "reason": reason, "source": dp.doc.relpath,
+                                         "chunk": chunk.index, "split": split, "question": pair.question,
+                                         "answer": pair.answer})
                     continue
+                norm = normalize_question(pair.question)
+                batch.append(norm)
+                gate.accept(norm)
+                slot.pairs.append(pair)
+                mine.append(pair)
+                kept += 1
+            self.cb.on_pairs(kept)
+
+    def _gate(self, questions: list[str]) -> Gate:
+        s = self.settings
+        return Gate(dedupe_threshold=s.dedupe_threshold, grounding_threshold=s.grounding_threshold,
+                    accepted=[normalize_question(q) for q in questions])
+
+    # -- one document -------------------------------------------------------------------
+    def run_document(self, dp: DocPlan, pool: ThreadPoolExecutor) -> dict:
+        s = self.settings
+        language = dp.language
+        n = len(dp.chunks)
+        slots = [{split: _Slot() for split in SPLITS} for _ in range(n)]
+        self.cb.on_document_start(dp)
+
+        def own(i: int, upto: str) -> list[Pair]:
+            return [p for sp in SPLITS[:SPLITS.index(upto) + 1] for p in slots[i][sp].pairs]
+
+        def others(i: int, splits: tuple[str, ...]) -> list[str]:
+            return [p.question for j in range(n) if j != i for sp in splits for p in slots[j][sp].pairs]
+
+        for r, split in enumerate(SPLITS):
+            earlier = SPLITS[:r]
+
+            def work(i: int) -> None:
+                want = dp.targets[i][split]
+                if want == 0:
+                    return
+                mine = own(i, earlier[-1]) if earlier else []
+                # checked against every question of the earlier splits (final by now) and this chunk's
+                gate = self._gate(others(i, earlier) + [p.question for p in mine])
                 planned = len(_batches(want, s.batch_size))
-                calls = 0
-                while delivered[split] < want and calls < planned + s.max_attempts:
-                    missing = want - delivered[split]
-                    count = min(missing, _batches(missing, s.batch_size)[0])
-                    elsewhere = [q for idx, q in all_questions if idx != chunk.index]
-                    avoid = avoid_list(mine, elsewhere, chunk.text, s.avoid_cap)
-                    calls += 1
-                    pairs = self._ask(dp, chunk, split, count, language, avoid)
-                    if pairs is None:
+                self._fill(dp, dp.chunks[i], split, want, slots[i][split], language, gate, list(mine),
+                           others(i, earlier), planned + s.max_attempts)
+
+            # biggest jobs first, so the round's tail is short (the order of results does not matter)
+            order = sorted(range(n), key=lambda i: -dp.targets[i][split])
+            futures = [pool.submit(work, i) for i in order]
+            for f in futures:
+                f.result()
+            # Deterministic pass in chunk order: near duplicates between chunks of this round go,
+            # then the chunks that lost pairs ask again (sequentially, so the result is fixed).
+            kept_norms: list[str] = []
+            gate = self._gate(others(-1, earlier))
+            for i in range(n):
+                slot = slots[i][split]
+                survivors = []
+                for p in slot.pairs:
+                    norm = normalize_question(p.question)
+                    if gate.is_duplicate(norm, kept_norms):
+                        slot.dropped["duplicate"] += 1
+                        slot.rejects.append({"kind": "dropped_pair", "reason": "duplicate", "source": dp.doc.relpath,
+                                             "chunk": i, "split": split, "question": p.question, "answer": p.answer})
                         continue
-                    batch: list[str] = []
-                    kept = 0
-                    for pair in pairs:
-                        reason = gate.check(pair, grounding, batch) or ("over_count" if kept >= count else None)
-                        if reason:
-                            dropped_doc[reason] += 1
-                            self.rejects.append({"kind": "dropped_pair", "reason": reason, "source": dp.doc.relpath,
-                                                 "chunk": chunk.index, "split": split, "question": pair.question,
-                                                 "answer": pair.answer})
-                            continue
-                        norm = normalize_question(pair.question)
-                        batch.append(norm)
-                        gate.accept(norm)
-                        accepted[split].append(pair)
-                        mine.append(pair)
-                        all_questions.append((chunk.index, pair.question))
-                        kept += 1
-                    delivered[split] += kept
-                    self.cb.on_pairs(kept)
-                if delivered[split] < want:
+                    kept_norms.append(norm)
+                    survivors.append(p)
+                if len(survivors) < len(slot.pairs):
+                    slot.pairs = survivors
+                    doc_questions = others(i, earlier + (split,)) + [p.question for p in own(i, split)]
+                    self._fill(dp, dp.chunks[i], split, dp.targets[i][split], slot, language,
+                               self._gate(doc_questions), own(i, split), others(i, earlier + (split,)),
+                               s.max_attempts)
+                    kept_norms.extend(normalize_question(p.question) for p in slot.pairs[len(survivors):])
+
+        chunk_reports = []
+        dropped: Counter = Counter()
+        for i, chunk in enumerate(dp.chunks):
+            delivered = {sp: len(slots[i][sp].pairs) for sp in SPLITS}
+            errors = sum(slots[i][sp].errors for sp in SPLITS)
+            for sp in SPLITS:
+                dropped.update(slots[i][sp].dropped)
+                want = dp.targets[i][sp]
+                if delivered[sp] < want:
                     self.cb.on_warning(
-                        f"{dp.doc.relpath} chunk {chunk.index} ({split}): {delivered[split]}/{want} pairs "
-                        f"after {calls} request(s); continuing with fewer (never padded)"
-                    )
-            chunk_reports.append({"index": chunk.index, "breadcrumb": chunk.breadcrumb, "chars": len(chunk),
-                                  "target": dict(target), "delivered": delivered})
+                        f"{dp.doc.relpath} chunk {i} ({sp}): {delivered[sp]}/{want} pairs after "
+                        f"{slots[i][sp].calls} request(s); continuing with fewer (never padded)")
+            chunk_reports.append({"index": i, "breadcrumb": chunk.breadcrumb, "chars": len(chunk),
+                                  "target": dict(dp.targets[i]), "delivered": delivered, "request_errors": errors})
             self.cb.on_chunk_done(dp, chunk, sum(delivered.values()))
-        self.stats.dropped.update(dropped_doc)
-        for split in SPLITS:
-            rows = (to_row(p, s.format, s.reasoning_format, s.system_message) for p in accepted[split])
-            atomic_write_jsonl(per_file_path(self.out, dp.output, split), rows)
-        delivered_doc = {split: len(accepted[split]) for split in SPLITS}
+        with self.lock:
+            self.stats.dropped.update(dropped)
+        pairs = {sp: [p for i in range(n) for p in slots[i][sp].pairs] for sp in SPLITS}
+        self._write_document(dp, pairs)
+        delivered_doc = {sp: len(pairs[sp]) for sp in SPLITS}
         self.cb.on_document_done(dp, delivered_doc)
         return {
             "path": dp.doc.relpath, "output": dp.output, "chars": sum(len(c) for c in dp.chunks),
             "encoding": dp.doc.encoding, "language": language, "chunks": chunk_reports,
             "target": dp.by_split, "delivered": delivered_doc,
             "shortfall": {sp: dp.by_split[sp] - delivered_doc[sp] for sp in SPLITS},
-            "dropped": dict(dropped_doc),
+            "dropped": dict(dropped), "_pairs": pairs,
+            "_rejects": [r for sp in SPLITS for i in range(n) for r in slots[i][sp].rejects],
         }
+
+    def _write_document(self, dp: DocPlan, pairs: dict[str, list[Pair]]) -> None:
+        s = self.settings
+        for split in SPLITS:
+            rows = (to_row(p, s.format, s.reasoning_format, s.system_message) for p in pairs[split])
+            atomic_write_jsonl(per_file_path(self.out, dp.output, split), rows)
 
     # -- the whole run ------------------------------------------------------------------
     def run(self, plan: Plan, source: Path) -> dict:
@@ -303,19 +454,73 @@ class Generator:
         self.cb.on_plan(plan)
         for sk in plan.skipped:
             self.cb.on_warning(f"skipped {sk.relpath}: {sk.reason}")
-        files = []
-        for dp in plan.docs:
-            files.append(self.run_document(dp))
-            atomic_write_jsonl(self.out / REJECTS, self.rejects)
-        manifest = self._manifest(plan, files, source, time.time() - started)
+        files: list[dict | None] = [None] * len(plan.docs)
+        chunk_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="datakeg-chunk")
+        # documents only orchestrate (their requests go through the chunk pool and the semaphore), so
+        # more of them in flight keeps every request slot busy while some wait between rounds
+        doc_pool = ThreadPoolExecutor(4 * self.concurrency, thread_name_prefix="datakeg-doc")
+        try:
+            futures = {doc_pool.submit(self.run_document, dp, chunk_pool): k for k, dp in enumerate(plan.docs)}
+            for fut, k in futures.items():
+                files[k] = fut.result()
+        except BaseException as exc:
+            with self.lock:
+                self.stopped = exc if isinstance(exc, DatakegError) else BudgetExhausted("interrupted")
+            doc_pool.shutdown(wait=True, cancel_futures=True)
+            chunk_pool.shutdown(wait=True, cancel_futures=True)
+            self.journal.close()
+            raise
+        doc_pool.shutdown()
+        chunk_pool.shutdown()
+        self.journal.close()
+        self.rejects = [r for f in files for r in f.pop("_rejects")]  # in document order, whatever finished first
+        audit = self._audit(plan, files) if self.settings.leakage_threshold > 0 else None
+        atomic_write_jsonl(self.out / REJECTS, self.rejects)
+        for f in files:
+            f.pop("_pairs")
+        manifest = self._manifest(plan, files, source, time.time() - started, audit)
         atomic_write_json(self.out / MANIFEST, manifest)
         merge(self.out)
         return manifest
 
-    def _manifest(self, plan: Plan, files: list[dict], source: Path, seconds: float) -> dict:
+    def _audit(self, plan: Plan, files: list[dict]) -> dict:
+        """TF-IDF leakage audit over the whole dataset: valid/test pairs too close to any train
+        question (of any document) are removed."""
+        from datakeg.audit import leaking
+
+        train = [p.question for f in files for p in f["_pairs"]["train"]]
+        removed = Counter()
+        for split in ("valid", "test"):
+            flat = [(k, i) for k, f in enumerate(files) for i in range(len(f["_pairs"][split]))]
+            questions = [files[k]["_pairs"][split][i].question for k, i in flat]
+            hits = leaking(train, questions, self.settings.leakage_threshold)
+            drop: dict[int, set[int]] = {}
+            for idx, score, t in hits:
+                k, i = flat[idx]
+                drop.setdefault(k, set()).add(i)
+                p = files[k]["_pairs"][split][i]
+                self.rejects.append({"kind": "dropped_pair", "reason": "leakage", "source": files[k]["path"],
+                                     "split": split, "question": p.question, "answer": p.answer,
+                                     "similar_train_question": train[t], "similarity": round(score, 3)})
+            for k, idxs in drop.items():
+                f = files[k]
+                f["_pairs"][split] = [p for i, p in enumerate(f["_pairs"][split]) if i not in idxs]
+                f["delivered"][split] = len(f["_pairs"][split])
+                f["shortfall"][split] = f["target"][split] - f["delivered"][split]
+                f["dropped"]["leakage"] = f["dropped"].get("leakage", 0) + len(idxs)
+                removed[split] += len(idxs)
+        for k in {k for k, f in enumerate(files) if f["dropped"].get("leakage")}:
+            self._write_document(plan.docs[k], files[k]["_pairs"])
+        if removed:
+            self.stats.dropped["leakage"] += sum(removed.values())
+        return {"threshold": self.settings.leakage_threshold, "removed": dict(removed)}
+
+    def _manifest(self, plan: Plan, files: list[dict], source: Path, seconds: float, audit: dict | None) -> dict:
         st = self.stats
         target = {s: sum(f["target"][s] for f in files) for s in SPLITS}
         delivered = {s: sum(f["delivered"][s] for f in files) for s in SPLITS}
+        short_by_errors = sum(1 for f in files for c in f["chunks"]
+                              if c["request_errors"] and any(c["delivered"][s] < c["target"][s] for s in SPLITS))
         return {
             "datakeg_version": __version__,
             "prompt_version": PROMPT_VERSION,
@@ -323,18 +528,21 @@ class Generator:
             "source": str(source),
             **self.provider.describe(),
             "settings": self.settings.to_dict(),
+            "concurrency": self.concurrency,
             "totals": {
                 "files": len(files), "chunks": sum(len(f["chunks"]) for f in files),
                 "target": target, "delivered": delivered,
                 "shortfall": {s: target[s] - delivered[s] for s in SPLITS},
                 "dropped": dict(sorted(st.dropped.items())),
-                "requests": st.requests, "failed_requests": st.failed_requests,
-                "unparseable_replies": st.unparseable,
+                "requests": st.requests, "replayed_from_journal": st.replayed,
+                "failed_requests": st.failed_requests, "unparseable_replies": st.unparseable,
+                "chunks_short_because_of_errors": short_by_errors,
                 "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-                "max_prompt_tokens": st.max_prompt_tokens,
+                "max_prompt_tokens": st.max_prompt_tokens, "max_pairs_asked": st.max_pairs_asked,
                 "cost_usd": round(st.cost, 6) if st.cost else None,
                 "seconds": round(seconds, 1),
             },
+            "leakage_audit": audit,
             "skipped": [{"path": s.relpath, "reason": s.reason} for s in plan.skipped],
             "files": files,
         }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import time
 
 from datakeg.errors import ProviderRequestError, ProviderUnavailable
 from datakeg.providers.base import ChatRequest, Completion, Provider, redact_url
@@ -19,12 +21,13 @@ class OllamaProvider(Provider):
     default_concurrency = 2
 
     def __init__(self, model: str | None = None, base_url: str | None = None, timeout: float = 300.0,
-                 structured: str = "auto", **_):
+                 structured: str = "auto", max_retries: int = 4, **_):
         super().__init__(model or DEFAULT_MODEL)
         import ollama
 
         self.host = base_url or os.environ.get("OLLAMA_HOST") or "http://localhost:11434"
         self.structured = structured
+        self.max_retries = max_retries
         self.client = ollama.Client(host=self.host, timeout=timeout)
 
     @staticmethod
@@ -65,13 +68,22 @@ class OllamaProvider(Provider):
             fmt = request.schema
         elif request.schema is not None and self.structured == "json":
             fmt = "json"
-        try:
-            resp = self.client.chat(model=self.model, messages=request.messages, format=fmt,
-                                    options=options, stream=False)
-        except ollama.ResponseError as exc:
-            raise ProviderRequestError(f"Ollama error {exc.status_code}: {exc.error}") from None
-        except ConnectionError as exc:
-            raise ProviderRequestError(f"Ollama connection failed: {exc}") from None
+        import httpx
+
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self.client.chat(model=self.model, messages=request.messages, format=fmt,
+                                        options=options, stream=False)
+                break
+            except ollama.ResponseError as exc:
+                retryable = exc.status_code == 429 or exc.status_code >= 500
+                error = f"Ollama error {exc.status_code}: {exc.error}"
+            except (ConnectionError, httpx.TransportError) as exc:
+                retryable, error = True, f"Ollama connection failed: {exc.__class__.__name__}: {exc}"
+            if not retryable or attempt == self.max_retries:
+                raise ProviderRequestError(error + (f" (after {attempt + 1} attempts)" if attempt else ""))
+            # exponential backoff with full jitter (the Ollama client exposes no Retry-After)
+            time.sleep(random.uniform(0, min(30.0, 0.5 * 2 ** attempt)))
         return Completion(resp.message.content or "", resp.prompt_eval_count or 0, resp.eval_count or 0)
 
     def describe(self) -> dict:
