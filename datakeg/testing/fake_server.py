@@ -6,7 +6,9 @@ excerpt inside them: each question names a short span of the excerpt and its ans
 around that span, so every answer is grounded. It honours the requested count and skips the
 questions the prompt says to avoid.
 
-Faults (each ``name`` or ``name:N`` = on every Nth chat request, default every request):
+Faults (each ``name`` or ``name:N``; default every request). With N, the fault hits about one
+request in N, chosen by the request's content and how often that same request was seen before, so
+the same requests fail whatever order concurrent clients send them in, and a retry can succeed:
   fence       wrap the JSON in a ```json code fence
   malformed   reply with broken JSON (nothing parseable)
   duplicates  repeat a question the prompt said to avoid (or the first one of the reply)
@@ -123,6 +125,7 @@ class FakeLLMServer:
         self.requests: list[dict] = []  # every chat request body received, in order
         self.lock = threading.Lock()
         self.chat_count = 0
+        self.seen: dict[int, int] = {}
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -155,11 +158,16 @@ class FakeLLMServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _active_faults(self) -> tuple[int, set[str]]:
+    def _active_faults(self, body: dict) -> tuple[int, set[str]]:
+        import hashlib
+
+        digest = int(hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()[:8], 16)
         with self.lock:
             self.chat_count += 1
             n = self.chat_count
-        return n, {name for name, every in self.faults.items() if n % every == 0}
+            seen = self.seen.get(digest, 0)
+            self.seen[digest] = seen + 1
+        return n, {name for name, every in self.faults.items() if (digest + seen) % every == 0}
 
     def _handler(self):
         server = self
@@ -205,7 +213,7 @@ class FakeLLMServer:
                 ollama = self.path == "/api/chat"
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body})
-                n, active = server._active_faults()
+                n, active = server._active_faults(body)
                 if server.latency:
                     time.sleep(server.latency)
                 if "http429" in active:
