@@ -188,7 +188,7 @@ def _load_config(ctx, _param, path):
               "translates the documentation).")
 @click.option("--max-attempts", type=int, default=3, show_default=True,
               help="Extra requests per chunk and split when the model returns fewer usable pairs than asked.")
-@click.option("--batch-size", type=int, default=10, show_default=True,
+@click.option("--batch-size", type=int, default=15, show_default=True,
               help="Most pairs asked for in one request.")
 @click.option("--language", help="Language of the pairs, e.g. German. Default: the language each "
               "document is written in (detected).")

@@ -43,8 +43,8 @@ class Settings:
     dedupe_threshold: float = 90.0
     grounding_threshold: float = 0.5
     max_attempts: int = 3
-    batch_size: int = 10
-    avoid_cap: int = 30
+    batch_size: int = 15
+    avoid_cap: int = 24
     language: str | None = None
     temperature: float = 0.7
     seed: int | None = None

@@ -24,6 +24,7 @@ Run it on its own:  python -m datakeg.testing.fake_server --port 8000 --fault fe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import threading
@@ -48,6 +49,7 @@ def parse_faults(specs) -> dict[str, int]:
     return faults
 
 
+@functools.lru_cache(maxsize=512)
 def candidates(excerpt: str) -> list[tuple[str, str]]:
     """All (question, answer) pairs the server can give for an excerpt, in a fixed order.
 
@@ -174,6 +176,7 @@ class FakeLLMServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes
 
             def log_message(self, *args):  # keep test output clean
                 pass
