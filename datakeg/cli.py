@@ -584,5 +584,79 @@ def validate(target, dedupe_threshold):
     sys.exit(1 if bad else 0)
 
 
+# --------------------------------------------------------------------------- eval
+@cli.command("eval", context_settings=CONTEXT)
+@click.argument("test_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-p", "--provider", type=click.Choice(PROVIDERS), default="ollama", show_default=True)
+@click.option("-m", "--model", help="Model to evaluate (for --provider local: a folder such as a fine-tuned "
+              "merged model, or omit for the bundled base model).")
+@click.option("--base-url", help="Server URL (as for generate).")
+@click.option("--compare", "compare_model", help="A second model on the same provider (e.g. the base model); "
+              "the report shows both and the difference.")
+@click.option("--judge-model", help="Also score each answer 0-5 with this model as judge (same provider).")
+@click.option("--system-message", help="System turn sent before each question (use the one you trained with).")
+@click.option("--limit", type=int, help="Only the first N questions.")
+@click.option("--report", "report_prefix", type=click.Path(dir_okay=False, path_type=Path), default="eval_report",
+              show_default=True, help="Writes PREFIX.json and PREFIX.md.")
+@click.option("-c", "--concurrency", type=int, help="Questions in flight at once (default per provider).")
+@click.option("--request-timeout", type=float, default=300.0, show_default=True)
+def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, system_message, limit, report_prefix,
+             concurrency, request_timeout):
+    """Ask a model every question of TEST_FILE closed book (no document) and score its answers
+    against the references: exact match, token F1, similarity, optional LLM judge.
+
+    \b
+    Examples:
+      datakeg eval out/test.jsonl -m qwen2.5:3b
+      datakeg eval out/test.jsonl -p local -m tuned/merged --compare gemma3-270m
+      datakeg eval out/test.jsonl -p openai --base-url http://localhost:8000/v1 -m tuned --judge-model big-model
+    """
+    from datakeg.evaluate import evaluate, load_test_pairs, write_reports
+    from datakeg.providers import create_provider
+
+    def build(name):
+        prov = create_provider(provider, model=None if name == "gemma3-270m" and provider == "local" else name,
+                               base_url=base_url, timeout=request_timeout)
+        prov.check()
+        prov.prepare(lambda message: click.echo(f"{provider}: {message}", err=True))
+        return prov
+
+    try:
+        pairs = load_test_pairs(test_file, limit)
+        judge = build(judge_model) if judge_model else None
+        reports = []
+        for name in [model] + ([compare_model] if compare_model else []):
+            prov = build(name)
+            label = prov.describe().get("model")
+            done = [0]
+
+            def tick(item, label=label, done=done):
+                done[0] += 1
+                click.echo(f"[{label}] {done[0]}/{len(pairs)}", err=True)
+
+            reports.append(evaluate(pairs, prov, system_message=system_message, judge=judge,
+                                    concurrency=concurrency or prov.default_concurrency, on_item=tick))
+        json_path, md_path = write_reports(reports, report_prefix)
+    except DatakegError as exc:
+        _fail(exc)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"eval on {test_file} ({len(pairs)} questions)")
+    cols = ("questions", "errors", "exact_match", "token_f1", "similarity", "judge")
+    table.add_column("model")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r in reports:
+        s = r.summary()
+        table.add_row(str(s["model"]), *("-" if s[c] is None else str(s[c]) for c in cols))
+    if len(reports) == 2:
+        a, b = (r.summary() for r in reports)
+        table.add_row("difference", "", "", *(f"{b[c] - a[c]:+.4f}" if isinstance(a[c], float) and
+                                              isinstance(b[c], float) else "-" for c in cols[2:]))
+    Console(width=max(100, Console().width)).print(table)
+    click.echo(f"Reports: {json_path}, {md_path}")
+
+
 def main() -> None:
     cli()

@@ -148,6 +148,8 @@ class LocalProvider(Provider):
 
         self.prepare()
         task = request.task or {}
+        if task.get("kind") in ("answer", "judge"):
+            return self._chat(request)
         excerpt = task.get("excerpt") or request.messages[-1]["content"]
         count = int(task.get("count", 3))
         prompt = self.few_shot_prompt(excerpt, bool(task.get("reasoning")))
@@ -167,6 +169,34 @@ class LocalProvider(Provider):
         new = output[0][inputs["input_ids"].shape[1]:]
         text = primer + self._tokenizer.decode(new, skip_special_tokens=True)
         return Completion(text, int(inputs["input_ids"].shape[1]), int(new.shape[0]))
+
+    def _chat(self, request: ChatRequest) -> Completion:
+        """Answer a conversation: through the model's chat template when it has one (a model
+        fine-tuned by datakeg does), else few-shot question/answer prompting for a base model."""
+        import torch
+
+        tok = self._tokenizer
+        if getattr(tok, "chat_template", None):
+            prompt = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            stops = None
+        else:
+            system = "".join(m["content"] + "\n\n" for m in request.messages if m["role"] == "system")
+            prompt = (f"{system}Question: What command installs the package?\nAnswer: Run `pip install package`.\n\n"
+                      f"Question: {request.messages[-1]['content']}\nAnswer:")
+            stops = ["\n\n", "\nQuestion:"]
+        with self._lock:
+            inputs = tok(prompt, return_tensors="pt", add_special_tokens=stops is not None).to(self._device)
+            with torch.inference_mode():
+                output = self._model.generate(
+                    **inputs, max_new_tokens=min(request.max_tokens or 256, 512), do_sample=False,
+                    stop_strings=stops, tokenizer=tok if stops else None,
+                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                )
+        new = output[0][inputs["input_ids"].shape[1]:]
+        text = tok.decode(new, skip_special_tokens=True)
+        for stop in stops or ():
+            text = text.split(stop)[0]
+        return Completion(text.strip(), int(inputs["input_ids"].shape[1]), int(new.shape[0]))
 
     def describe(self) -> dict:
         return {"provider": self.name, "model": self.model or BUNDLED, "device": self._device}

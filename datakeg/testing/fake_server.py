@@ -18,6 +18,10 @@ the same requests fail whatever order concurrent clients send them in, and a ret
   http429     answer HTTP 429 with Retry-After: 0
   http500     answer HTTP 500
 
+Closed-book questions (no excerpt in the prompt, as `datakeg eval` sends them) are answered from
+the server's ``answers`` table ("I do not know." otherwise); a judge prompt gets score 5 when the
+candidate equals the reference after normalisation, 2 when they share a word, else 0.
+
 Run it on its own:  python -m datakeg.testing.fake_server --port 8000 --fault fence --latency 0.2
 """
 
@@ -116,12 +120,26 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     return body
 
 
+def closed_book(messages: list[dict], model: str, answers: dict[str, str]) -> str:
+    prompt = str(messages[-1].get("content", "")) if messages else ""
+    if "Candidate answer:" in prompt and "Reference answer:" in prompt:
+        from datakeg.evaluate import normalize_answer
+
+        ref = prompt.split("Reference answer: ", 1)[1].split("\nCandidate answer: ", 1)[0]
+        cand = prompt.split("Candidate answer: ", 1)[1].split("\n\n", 1)[0]
+        a, b = normalize_answer(ref), normalize_answer(cand)
+        score = 5 if a == b else 2 if set(a.split()) & set(b.split()) else 0
+        return json.dumps({"score": score, "reason": f"fake judge: {score}/5"})
+    return answers.get(f"{model}\x00{prompt}", answers.get(prompt, "I do not know."))
+
+
 class FakeLLMServer:
     """In-process server: ``with FakeLLMServer(faults=["fence"]) as srv: srv.url ...``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, faults=None, latency: float = 0.0,
-                 models=DEFAULT_MODELS):
+                 models=DEFAULT_MODELS, answers: dict[str, str] | None = None):
         self.faults = parse_faults(faults)
+        self.answers = dict(answers or {})  # closed-book question -> answer, per model: {"model\x00q": a}
         self.latency = latency
         self.models = list(models)
         self.requests: list[dict] = []  # every chat request body received, in order
@@ -230,7 +248,10 @@ class FakeLLMServer:
                 prompt = "\n".join(str(m.get("content", "")) for m in messages)
                 fmt = body.get("format") if ollama else body.get("response_format")
                 reasoning = '"reasoning"' in json.dumps(fmt) if fmt else '"reasoning"' in prompt
-                text = answer_prompt(prompt, reasoning, active)
+                if "<excerpt>" in prompt:
+                    text = answer_prompt(prompt, reasoning, active)
+                else:
+                    text = closed_book(messages, model, server.answers)
                 ptok, ctok = max(1, len(prompt) // 4), max(1, len(text) // 4)
                 if ollama:
                     return self._send(200, {
