@@ -584,6 +584,72 @@ def validate(target, dedupe_threshold):
     sys.exit(1 if bad else 0)
 
 
+# --------------------------------------------------------------------------- finetune
+@cli.command(context_settings=CONTEXT)
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--base-model", required=True, help="Model to tune: a local folder (Hugging Face format) or a "
+              "Hugging Face id already in your cache.")
+@click.option("--backend", type=click.Choice(["auto", "mlx", "torch"]), default="auto", show_default=True,
+              help="auto: MLX on Apple Silicon, PyTorch with CUDA; on a CPU pick one for small models.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Where adapter/, merged/ and finetune.json go (default: DATA/finetuned).")
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--learning-rate", type=float, default=2e-4, show_default=True)
+@click.option("--lora-rank", type=int, default=8, show_default=True)
+@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
+@click.option("--lora-dropout", type=float, default=0.05, show_default=True)
+@click.option("--max-length", type=int, default=1024, show_default=True, help="Longest row in tokens; longer "
+              "rows are refused with a count instead of being cut.")
+@click.option("--system-message", help="System turn added to rows without one (use the same one with eval).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Default: on with CUDA, off otherwise.")
+@click.option("--export-ollama", "ollama_name", metavar="NAME", help="Also write OUTPUT/ollama/Modelfile and print "
+              "the `ollama create NAME` command.")
+def finetune(data, base_model, backend, output, epochs, batch_size, learning_rate, lora_rank, lora_alpha,
+             lora_dropout, max_length, system_message, seed, gradient_checkpointing, ollama_name):
+    """LoRA fine-tune BASE_MODEL on DATA/train.jsonl (validated on valid.jsonl), write the adapter and
+    the merged model, and optionally an Ollama Modelfile.
+
+    \b
+    Examples:
+      datakeg finetune out --base-model Qwen/Qwen2.5-0.5B-Instruct --export-ollama docs-expert
+      datakeg finetune out --base-model ./my-model --backend torch --epochs 2 --batch-size 8
+      datakeg finetune out --base-model mlx-community/Qwen2.5-0.5B-Instruct-4bit --backend mlx
+    """
+    from datakeg.finetune import FinetuneOptions
+    from datakeg.finetune import finetune as run
+
+    opts = FinetuneOptions(data=data, base_model=base_model, output=output or data / "finetuned", backend=backend,
+                           epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lora_rank=lora_rank,
+                           lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_length=max_length,
+                           system_message=system_message, seed=seed, gradient_checkpointing=gradient_checkpointing)
+
+    def progress(event):
+        if event["event"] == "step":
+            click.echo(f"step {event['step']}/{event['total']}  train loss {event['loss']:.4f}", err=True)
+        elif event["event"] == "eval":
+            click.echo(f"step {event['step']}  validation loss {event['val_loss']:.4f}", err=True)
+        else:
+            click.echo(event["message"], err=True)
+
+    try:
+        result = run(opts, progress)
+        click.echo(f"Trained {result['steps']} steps with {result['backend']} on {result['device']} in "
+                   f"{result['seconds']} s; loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}")
+        click.echo(f"Adapter: {result['adapter']}\nMerged model: {result['merged']}")
+        if ollama_name:
+            from datakeg.finetune.ollama_export import export_ollama
+
+            exp = export_ollama(Path(result["merged"]), Path(opts.output) / "ollama", ollama_name, system_message)
+            click.echo(f"Ollama Modelfile ({exp['family']} template): {exp['modelfile']}\nRun: {exp['command']}")
+        click.echo(f"Evaluate it: datakeg eval {data / 'test.jsonl'} -p local -m {result['merged']} --compare "
+                   f"{base_model}")
+    except DatakegError as exc:
+        _fail(exc)
+
+
 # --------------------------------------------------------------------------- eval
 @cli.command("eval", context_settings=CONTEXT)
 @click.argument("test_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))

