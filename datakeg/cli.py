@@ -729,7 +729,7 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
         table.add_row(str(s["model"]), *("-" if s[c] is None else str(s[c]) for c in cols))
     if len(reports) == 2:
         a, b = (r.summary() for r in reports)
-        table.add_row("difference", "", "", *(f"{b[c] - a[c]:+.4f}" if isinstance(a[c], float) and
+        table.add_row("difference (first - second)", "", "", *(f"{a[c] - b[c]:+.4f}" if isinstance(a[c], float) and
                                               isinstance(b[c], float) else "-" for c in cols[2:]))
     Console(width=max(100, Console().width)).print(table)
     click.echo(f"Reports: {json_path}, {md_path}")

@@ -168,9 +168,9 @@ def markdown(reports: list[EvalReport]) -> str:
         lines.append(f"| {s['model']} | " + " | ".join("-" if s[c] is None else str(s[c]) for c in cols) + " |")
     if len(reports) == 2:
         a, b = (r.summary() for r in reports)
-        diff = [f"{b[c] - a[c]:+.4f}" if isinstance(a[c], float) and isinstance(b[c], float) else "-"
+        diff = [f"{a[c] - b[c]:+.4f}" if isinstance(a[c], float) and isinstance(b[c], float) else "-"
                 for c in cols[2:]]
-        lines.append(f"| difference ({b['model']} - {a['model']}) | | | " + " | ".join(diff) + " |")
+        lines.append(f"| difference ({a['model']} - {b['model']}) | | | " + " | ".join(diff) + " |")
     for r in reports:
         lines += ["", f"## {r.model}", "", "| # | question | reference | answer | EM | F1 | sim | judge |",
                   "|---:|---|---|---|---:|---:|---:|---:|"]

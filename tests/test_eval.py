@@ -46,5 +46,5 @@ def test_eval_scores_and_compare_with_judge(tmp_path):
     assert tuned["items"][2]["answer"] == "I do not know."
     assert base["summary"]["exact_match"] == 0.0
     md = (tmp_path / "rep.md").read_text()
-    assert "difference (qwen2.5:3b - fake-model)" in md and "| 1 | What does the --json option do?" in md
+    assert "difference (fake-model - qwen2.5:3b)" in md and "| 1 | What does the --json option do?" in md
     assert "difference" in result.output

@@ -223,14 +223,17 @@ class LocalProvider(Provider):
         tok = self._tokenizer
         if getattr(tok, "chat_template", None):
             prompt = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
-            stops = None
+            # end-of-turn markers that are plain text for this tokenizer still end the answer
+            stops = [m for m in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>")
+                     if m in tok.chat_template] or None
         else:
             system = "".join(m["content"] + "\n\n" for m in request.messages if m["role"] == "system")
             prompt = (f"{system}Question: What command installs the package?\nAnswer: Run `pip install package`.\n\n"
                       f"Question: {request.messages[-1]['content']}\nAnswer:")
             stops = ["\n\n", "\nQuestion:"]
         with self._lock:
-            inputs = tok(prompt, return_tensors="pt", add_special_tokens=stops is not None).to(self._device)
+            templated = bool(getattr(tok, "chat_template", None))
+            inputs = tok(prompt, return_tensors="pt", add_special_tokens=not templated).to(self._device)
             with torch.inference_mode():
                 output = self._model.generate(
                     **inputs, max_new_tokens=min(request.max_tokens or 256, 512), do_sample=False,
