@@ -91,6 +91,8 @@ class OpenAICompatProvider(Provider):
             fmt = self._response_format(request)
             if fmt:
                 kwargs["response_format"] = fmt
+            if self.name == "openrouter":
+                kwargs["extra_body"] = {"usage": {"include": True}}  # report the cost (for --max-cost)
             try:
                 resp = self.client.chat.completions.create(**kwargs)
                 break
