@@ -7,7 +7,6 @@ LLM judge's 0-5 score with its reason (normalised to 0-1). Works with every prov
 
 from __future__ import annotations
 
-import json
 import re
 import string
 import threading

@@ -371,7 +371,7 @@ class Generator:
         for r, split in enumerate(SPLITS):
             earlier = SPLITS[:r]
 
-            def work(i: int) -> None:
+            def work(i: int, split: str = split, earlier: tuple = earlier) -> None:
                 want = dp.targets[i][split]
                 if want == 0:
                     return

@@ -2,14 +2,12 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from datakeg.cli import cli
@@ -51,7 +49,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run_and_repeats_no_finished_re
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         # nothing half-written: every JSONL in OUT parses completely
-        for name, text in outputs(out).items():
+        for text in outputs(out).values():
             for line in text.splitlines():
                 json.loads(line)
         journal = out / JOURNAL_DIR / JOURNAL
