@@ -65,10 +65,11 @@ def test_kill_9_then_resume_matches_uninterrupted_run_and_repeats_no_finished_re
         assert manifest["totals"]["replayed_from_journal"] == finished
 
 
-def test_ctrl_c_stops_cleanly_with_exit_130_and_resumes(tmp_path):
+def test_ctrl_c_stops_cleanly_with_exit_130_and_resumes(corpus, tmp_path):
     out = tmp_path / "o"
+    src = corpus / "python"  # about 40 requests: 4 s at 100 ms each, so the interrupt lands mid-run
     with FakeLLMServer(latency=0.1) as srv:
-        proc = subprocess.Popen([sys.executable, "-m", "datakeg", "generate", str(TESTDOC), str(out), "-p", "openai",
+        proc = subprocess.Popen([sys.executable, "-m", "datakeg", "generate", str(src), str(out), "-p", "openai",
                                  "--base-url", srv.url, "-q", "-c", "1"], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
@@ -76,11 +77,11 @@ def test_ctrl_c_stops_cleanly_with_exit_130_and_resumes(tmp_path):
             time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130
+        assert proc.returncode == 130, err
         assert "run the same command again to resume" in err
         assert "Traceback" not in err
         done = len(srv.requests)
-        result = gen(srv, TESTDOC, out, "-c", "1")
+        result = gen(srv, src, out, "-c", "1")
         assert result.exit_code == 0
         t = json.loads((out / "manifest.json").read_text())["totals"]
         assert t["replayed_from_journal"] >= done - 1 and t["delivered"] == t["target"]
