@@ -104,9 +104,6 @@ class DocPlan:
     def by_split(self) -> dict[str, int]:
         return {s: sum(t[s] for t in self.targets) for s in SPLITS}
 
-    def requests(self, batch_size: int) -> int:
-        return sum(math.ceil(t[s] / batch_size) for t in self.targets for s in SPLITS if t[s])
-
 
 @dataclass
 class Plan:

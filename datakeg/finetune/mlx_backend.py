@@ -15,7 +15,7 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
     try:
         import mlx.core as mx
         import mlx.optimizers as optim
-        from mlx.utils import tree_unflatten
+        from mlx.utils import tree_flatten, tree_unflatten
         from mlx_lm import load
         from mlx_lm.tuner.callbacks import TrainingCallback
         from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
@@ -51,7 +51,7 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
     lora_parameters = {"rank": opts.lora_rank, "scale": opts.lora_alpha / opts.lora_rank, "dropout": opts.lora_dropout}
     num_layers = len(model.layers)
     linear_to_lora_layers(model, num_layers, lora_parameters)
-    trainable = sum(v.size for _, v in _flat(model.trainable_parameters()))
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     iters = max(1, math.ceil(opts.epochs * len(train) / opts.batch_size))
     adapter_dir = Path(opts.output) / "adapter"
     adapter_dir.mkdir(parents=True, exist_ok=True)
@@ -91,8 +91,3 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
         "adapter": str(adapter_dir), "merged": str(Path(opts.output) / "merged"),
     }
 
-
-def _flat(tree, prefix=""):
-    from mlx.utils import tree_flatten
-
-    return tree_flatten(tree)
