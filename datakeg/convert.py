@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datakeg.errors import DatakegError
@@ -215,8 +215,8 @@ class ConvertReport:
     source_shape: str
     detected: str
     rows: int = 0
-    skipped: list[tuple[int, str]] = None
-    notes: list[str] = None
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def convert_file(src: Path, dst: Path, target: Target, source_shape: str | None = None,
@@ -233,7 +233,7 @@ def convert_file(src: Path, dst: Path, target: Target, source_shape: str | None 
     if shape == "text":
         raise DatakegError(f'{src}: plain {{"text"}} rows hold no question/answer structure to convert.')
     report = ConvertReport(shape, f"detected {detected or 'nothing'} ({sample} of the first rows)"
-                           if not source_shape else f"--source-format {shape}", 0, [], [])
+                           if not source_shape else f"--source-format {shape}")
     lost: set[str] = set()
 
     def rows():

@@ -75,11 +75,10 @@ def decode(data: bytes) -> tuple[str, str]:
     """Decode document bytes. Returns (text, encoding). Raises ValueError for binary data."""
     if b"\x00" in data[:8192]:
         raise ValueError("binary data (NUL bytes), not a text document")
-    for enc in ("utf-8-sig",):
-        try:
-            return data.decode(enc), "utf-8"
-        except UnicodeDecodeError:
-            pass
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
     from charset_normalizer import from_bytes
 
     best = from_bytes(data).best()
