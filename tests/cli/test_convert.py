@@ -15,7 +15,7 @@ from datakeg.cli import cli
 from datakeg.convert import TARGETS
 from datakeg.records import Conversation, Pair
 
-FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "official_chat_templates.json").read_text("utf-8"))
+FIXTURES = json.loads((Path(__file__).parents[1] / "fixtures" / "official_chat_templates.json").read_text("utf-8"))
 
 
 def hf_render(name: str, messages: list[dict], add_generation_prompt: bool = False) -> str:
