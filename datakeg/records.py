@@ -2,7 +2,7 @@
 
 ``generate`` writes rows with :func:`to_row`; ``convert`` and ``validate`` read any supported row
 with :func:`detect_shape` / :func:`to_conversation` and write with the targets in
-``datakeg.convert``. There is no second parser.
+``datakeg.conversion``. There is no second parser.
 
 Shapes (input):
   completion   {"prompt", "completion"}            (also integrated reasoning: <think>..</think> first)
@@ -177,3 +177,27 @@ def to_row(pair: Pair, fmt: str = "completion", reasoning_format: str = "separat
 def from_row(row: dict) -> Pair:
     """Read back any single-turn row (the question, answer and reasoning)."""
     return to_conversation(row, detect_shape(row)).first_pair()
+
+
+REJECT_KINDS = ("request_failed", "unparseable_reply", "dropped_pair")
+
+
+@dataclass
+class Reject:
+    """One line of ``rejects.jsonl``: a failed request, an unparseable reply (with its raw text)
+    or a dropped pair (with the reason, and for leakage the question it was too close to)."""
+
+    kind: str
+    source: str
+    split: str
+    chunk: int | None = None
+    reason: str | None = None
+    question: str | None = None
+    answer: str | None = None
+    error: str | None = None
+    raw: str | None = None
+    similar_question: str | None = None
+    similarity: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}

@@ -69,7 +69,7 @@ def pick_backend(requested: str) -> str:
 
 def load_conversations(path: Path, system_message: str | None = None) -> list:
     """Rows of any datakeg format as conversations; reasoning goes into the answer as <think>."""
-    from datakeg.convert import iter_rows
+    from datakeg.conversion import iter_rows
     from datakeg.records import Conversation, ShapeError, detect_shape, to_conversation
 
     convs = []

@@ -1,8 +1,8 @@
 """The provider seam: one request in, one text reply out, plus token usage.
 
 A provider knows how to reach one kind of model server (or run a model in-process). The pipeline
-only sees :class:`Provider`; adding a provider means subclassing it and registering it in
-``datakeg.providers.PROVIDERS``.
+only sees :class:`Provider`; adding a provider means subclassing it and registering it (entry
+point group ``datakeg.providers``, or ``datakeg.providers.register_provider``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,16 @@ class ProviderStatus:
 
 
 class Provider:
-    """Base class. Subclasses set ``name`` and implement ``check`` and ``complete``."""
+    """Base class. Subclasses set the metadata below and implement ``check`` and ``complete``.
+
+    Constructors accept keyword options ``model``, ``base_url``, ``timeout``, ``structured`` and
+    ``max_retries`` (ignoring the ones they do not use, via ``**_``).
+    """
 
     name = "base"
+    description = ""
+    default_model: str | None = None  # None: the provider decides (e.g. the server's only model)
+    key_env: str | None = None  # environment variable holding the API key, if any
     default_concurrency = 4
 
     def __init__(self, model: str | None):
@@ -49,6 +56,35 @@ class Provider:
 
     def check(self) -> None:
         """Raise ProviderUnavailable (with what to run) unless requests can be served."""
+
+    def wait_ready(self, seconds: float = 0.0, on_wait=lambda message: None) -> None:
+        """``check()``, retried for up to ``seconds`` while the provider is unavailable (a server
+        that is still starting). Raises the last ProviderUnavailable when time is up."""
+        import time
+
+        from datakeg.errors import ProviderUnavailable
+
+        deadline = time.monotonic() + seconds
+        said = False
+        while True:
+            try:
+                self.check()
+                return
+            except ProviderUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                if not said:
+                    on_wait(f"waiting up to {seconds:g}s for {self.name} to become available ...")
+                    said = True
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    def fingerprint(self) -> dict:
+        """What identifies this provider's output in the run fingerprint (never a key, never the
+        URL: the same model behind another address is the same run)."""
+        return {"provider": self.name, "model": self.model}
+
+    def ready_message(self) -> str:
+        return f"ready: model {self.model}"
 
     def prepare(self, report=lambda message: None) -> None:
         """Load what the provider needs before the first request (in-process models)."""

@@ -112,6 +112,9 @@ def bundled_tokenizer(report=lambda message: None):
 
 class LocalProvider(Provider):
     name = "local"
+    description = ("the bundled offline model (Gemma 3 270M base) run in-process by torch on this machine: "
+                   "no server, no key; a demo, not production data")
+    default_model = BUNDLED
     default_concurrency = 1
 
     def __init__(self, model: str | None = None, max_new_tokens: int = 96, **_):
@@ -248,3 +251,9 @@ class LocalProvider(Provider):
 
     def describe(self) -> dict:
         return {"provider": self.name, "model": self.model or BUNDLED, "device": self._device}
+
+    def fingerprint(self) -> dict:
+        return {"provider": self.name, "model": self.model or BUNDLED}
+
+    def ready_message(self) -> str:
+        return f"ready: {self.model or BUNDLED} runs in-process on this machine's {self._device.upper()} (no server)"

@@ -18,6 +18,8 @@ OTHER_PROVIDERS = (
 
 class OllamaProvider(Provider):
     name = "ollama"
+    description = "local Ollama server (default); OLLAMA_HOST or --base-url, default model qwen2.5:3b"
+    default_model = DEFAULT_MODEL
     default_concurrency = 2
 
     def __init__(self, model: str | None = None, base_url: str | None = None, timeout: float = 300.0,
@@ -88,3 +90,6 @@ class OllamaProvider(Provider):
 
     def describe(self) -> dict:
         return {"provider": self.name, "model": self.model, "base_url": redact_url(self.host)}
+
+    def ready_message(self) -> str:
+        return f"ready: model {self.model} at {redact_url(self.host)}"

@@ -13,6 +13,8 @@ OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
 class OpenAICompatProvider(Provider):
     name = "openai"
+    description = ("any OpenAI-compatible server (vLLM, llama.cpp, LM Studio, OpenAI); --base-url, key in "
+                   "OPENAI_API_KEY (optional for local servers), default model: the server's")
     key_env = "OPENAI_API_KEY"
     default_concurrency = 4
 
@@ -128,9 +130,16 @@ class OpenAICompatProvider(Provider):
             "structured_output": self._mode,
         }
 
+    def fingerprint(self) -> dict:
+        return {"provider": self.name, "model": self.model, "structured_output": self.structured}
+
+    def ready_message(self) -> str:
+        return f"ready: model {self.model} at {redact_url(str(self.client.base_url))}"
+
 
 class OpenRouterProvider(OpenAICompatProvider):
     name = "openrouter"
+    description = "OpenRouter (hosted models); key in OPENROUTER_API_KEY, --model required"
     key_env = "OPENROUTER_API_KEY"
 
     def default_base_url(self) -> str:

@@ -12,7 +12,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from datakeg.cli import cli
-from datakeg.convert import TARGETS
+from datakeg.conversion import TARGETS
 from datakeg.records import Conversation, Pair
 
 FIXTURES = json.loads((Path(__file__).parents[1] / "fixtures" / "official_chat_templates.json").read_text("utf-8"))
@@ -167,7 +167,7 @@ def test_custom_template(tmp_path):
 def test_unknown_template_is_a_clear_error(tmp_path):
     src = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "Q", "completion": "A"}])
     result = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "o.jsonl"), "-t", "llama9"])
-    assert result.exit_code == 1 and "chatml" in result.output
+    assert result.exit_code == 2 and "chatml" in result.output
 
 
 def test_validate_reports_each_bad_line(tmp_path):

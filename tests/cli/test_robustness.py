@@ -169,7 +169,7 @@ def test_different_settings_refused_unless_fresh_or_resume(server, tmp_path):
     result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(out), "-p", "openai", "--base-url", server.url,
                                       "--pairs-per-1k", "5"])
     assert result.exit_code == 2
-    assert "different settings (settings changed)" in result.output and "--fresh" in result.output
+    assert "different settings (pairs_per_1k changed)" in result.output and "--fresh" in result.output
     n = len(server.requests)
     assert gen(server, TESTDOC, out, "--pairs-per-1k", "5", "--fresh").exit_code == 0
     assert len(server.requests) > n

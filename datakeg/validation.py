@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datakeg.convert import iter_rows
+from datakeg.conversion import iter_rows
 from datakeg.records import ShapeError, detect_shape, to_conversation
 
 SPLITS = ("train", "valid", "test")

@@ -1,0 +1,230 @@
+"""The public Python API. The CLI calls exactly these functions.
+
+    import datakeg
+    result = datakeg.generate("docs", "out", provider="openai", base_url="http://localhost:8000/v1",
+                              model="qwen2.5-7b-instruct", pairs_per_1k=2)
+    print(result.delivered, result.shortfall)
+
+Every function raises :mod:`datakeg.errors` exceptions (each with a ``hint`` saying what to do and an
+``exit_code`` the CLI uses) and never prints; progress goes to a :class:`datakeg.Callbacks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datakeg.callbacks import Callbacks
+from datakeg.errors import ConfigError, DatakegError
+from datakeg.settings import Settings
+from datakeg.targets import SPLITS
+
+
+@dataclass
+class Result:
+    """What a generate run delivered. ``manifest`` is the dict written to ``OUT/manifest.json``."""
+
+    out: Path
+    manifest: dict
+    mode: str  # "new", "resume" or "fresh"
+
+    @property
+    def delivered(self) -> dict[str, int]:
+        return dict(self.manifest["totals"]["delivered"])
+
+    @property
+    def target(self) -> dict[str, int]:
+        return dict(self.manifest["totals"]["target"])
+
+    @property
+    def shortfall(self) -> dict[str, int]:
+        return dict(self.manifest["totals"]["shortfall"])
+
+    @property
+    def chunks_short_because_of_errors(self) -> int:
+        return self.manifest["totals"]["chunks_short_because_of_errors"]
+
+
+@dataclass
+class DryRun:
+    """What ``--dry-run`` shows: the plan and its request/token estimate (no model calls)."""
+
+    plan: object  # datakeg.planning.Plan
+    estimate: dict
+    skipped: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+
+def _check_paths(src: Path, out: Path | None) -> None:
+    if not src.exists():
+        raise ConfigError(f"{src} does not exist", "Point SRC at your documentation folder or file.")
+    if out is None:
+        return
+    s, o = src.resolve(), out.resolve()
+    if s == o:
+        raise ConfigError(f"SRC and OUT are the same folder ({src})",
+                          "Write the dataset to its own folder, e.g. `datakeg generate docs out`.")
+    if o in s.parents:
+        raise ConfigError(f"SRC ({src}) lies inside OUT ({out})",
+                          "OUT is datakeg's to write (--fresh may clear it); choose an OUT outside your documents.")
+    if o.exists() and not o.is_dir():
+        raise ConfigError(f"OUT ({out}) is a file, not a folder", "Choose a folder for the output.")
+
+
+def _read(src: Path, out: Path | None, settings: Settings):
+    from datakeg.discovery import read_documents
+
+    docs, skipped = read_documents(src, out, max_bytes=int(settings.max_file_mb * 1024 * 1024))
+    if not docs:
+        raise DatakegError(f"no readable .md or .txt files under {src}",
+                           "Point SRC at your documentation folder (hidden folders are skipped)."
+                           + (f" Skipped: {'; '.join(f'{s.relpath}: {s.reason}' for s in skipped[:5])}"
+                              if skipped else ""))
+    return docs, skipped
+
+
+def plan(src, out=None, **settings) -> DryRun:
+    """Chunks, targets, requests and a token estimate per file, without any model call."""
+    from datakeg.planning import estimate, make_plan
+
+    s = Settings.build(**settings)
+    src = Path(src)
+    _check_paths(src, Path(out) if out is not None else None)
+    docs, skipped = _read(src, Path(out) if out is not None else None, s)
+    p = make_plan(docs, skipped, s)
+    return DryRun(p, estimate(p, s), list(p.skipped), list(p.warnings))
+
+
+def generate(src, out, *, provider: str = "ollama", model: str | None = None, base_url: str | None = None,
+             concurrency: int | None = None, fresh: bool = False, resume: bool = False,
+             callbacks: Callbacks | None = None, **settings) -> Result:
+    """Generate train/valid/test pairs from the .md/.txt files under ``src`` into ``out``.
+
+    Does everything `datakeg generate` does: checks the provider (waiting ``wait_for_model``
+    seconds for one that is starting), locks OUT against a second writer, compares the run's
+    fingerprint with the run recorded in OUT (same: resume; different: refuse unless ``resume``
+    or ``fresh``), replays finished requests from the journal, runs the leakage audit, writes
+    per-file outputs, merged files, ``rejects.jsonl`` and ``manifest.json``.
+    """
+    from datakeg.calls import Limits
+    from datakeg.outdir import OutputLock, prepare_out, remove_stale_temp_files
+    from datakeg.pipeline import Generator
+    from datakeg.planning import make_plan
+    from datakeg.providers import create_provider
+
+    cb = callbacks or Callbacks()
+    if resume and fresh:
+        raise ConfigError("--resume and --fresh contradict each other; pass one of them.")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                    or not 1 <= concurrency <= 1024):
+        raise ConfigError(f"--concurrency must be a whole number from 1 to 1024, got {concurrency!r}.")
+    s = Settings.build(**settings)
+    src, out = Path(src), Path(out)
+    _check_paths(src, out)
+    docs, skipped = _read(src, out, s)
+    the_plan = make_plan(docs, skipped, s)
+    prov = create_provider(provider, model=model, base_url=base_url, timeout=s.request_timeout,
+                           structured=s.structured, max_retries=s.max_retries)
+    try:
+        prov.wait_ready(s.wait_for_model, cb.on_message)  # before any work: says what to run when unavailable
+        fingerprint = {**prov.fingerprint(), "settings": s.shaping()}
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatakegError(f"cannot create {out}: {exc.strerror or exc}",
+                               "Choose an output folder you can write to.") from None
+        with OutputLock(out):
+            mode = prepare_out(out, fingerprint, fresh=fresh, resume=resume)
+            remove_stale_temp_files(out)
+            for doc in docs:
+                if doc.encoding != "utf-8":
+                    cb.on_warning(f"{doc.relpath}: not UTF-8; decoded as {doc.encoding}")
+            prov.prepare(lambda message: cb.on_message(f"{prov.name}: {message}"))
+            gen = Generator(prov, s, out, cb, concurrency=concurrency or prov.default_concurrency,
+                            limits=Limits(s.max_requests, s.max_tokens, s.max_cost))
+            if mode == "resume" and len(gen.journal):
+                cb.on_message(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
+            run = gen.run(the_plan, src)
+    finally:
+        prov.close()
+    return Result(out, run.manifest, mode)
+
+
+def convert(src, dst, template: str | None = None, *, custom_template=None, source_format: str | None = None,
+            system_message: str | None = None) -> list:
+    """Convert a dataset file (or a folder's train/valid/test.jsonl) to a trainer's format.
+    Returns one ConvertReport per file (rows written, detected shape, skipped lines, notes)."""
+    from datakeg.conversion import TARGETS, convert_file, custom_target
+
+    src, dst = Path(src), Path(dst)
+    if custom_template:
+        target = custom_target(Path(custom_template))
+    elif template in TARGETS:
+        target = TARGETS[template]
+    else:
+        raise ConfigError(f"unknown or missing --template {template!r}" if template else
+                          "--template (or --custom-template) is required",
+                          f"Choose one of: {', '.join(TARGETS)} (details: datakeg convert -l).")
+    if src.is_dir():
+        jobs = [(src / f"{s}.jsonl", dst / f"{s}.jsonl") for s in SPLITS if (src / f"{s}.jsonl").exists()]
+        if not jobs:
+            raise DatakegError(f"{src} holds no train.jsonl, valid.jsonl or test.jsonl",
+                               "Point SRC at a datakeg output folder or at one file.")
+    else:
+        jobs = [(src, dst)]
+    reports = []
+    for s, d in jobs:
+        report = convert_file(s, d, target, source_format, system_message)
+        report.src, report.dst, report.target = s, d, target.name
+        reports.append(report)
+    return reports
+
+
+@dataclass
+class Validation:
+    files: list  # datakeg.validation.FileReport per file
+    cross_split: list  # (split, line, question, similar train question) for an output folder
+    is_output: bool
+
+    @property
+    def problems(self) -> int:
+        return sum(len(f.problems) for f in self.files) + len(self.cross_split)
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+
+def validate(target, *, dedupe_threshold: float = 90.0) -> Validation:
+    """Check every line of a dataset file, or of train/valid/test.jsonl in a folder."""
+    from datakeg.validation import cross_split_duplicates, dataset_files, validate_file
+
+    target = Path(target)
+    files, is_output = dataset_files(target)
+    if not files:
+        raise DatakegError(f"no .jsonl files under {target}")
+    reports = [validate_file(p) for p in files]
+    dups = cross_split_duplicates(target, dedupe_threshold) if is_output else []
+    return Validation(reports, dups, is_output)
+
+
+def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False):
+    """Leakage audit of an output folder. Returns (hits, removed); ``remove`` takes the leaking
+    pairs out of the per-file files and rebuilds the merged files (holding OUT's lock)."""
+    from datakeg.auditing import audit_dir
+
+    if remove:
+        from datakeg.outdir import OutputLock
+
+        with OutputLock(Path(out), "audit --remove"):
+            return audit_dir(Path(out), leakage_threshold, remove=True)
+    return audit_dir(Path(out), leakage_threshold, remove=False)
+
+
+def merge(out) -> dict[str, int]:
+    """Rebuild OUT/train.jsonl, valid.jsonl, test.jsonl from the per-file outputs (holding OUT's lock)."""
+    from datakeg.outdir import OutputLock
+    from datakeg.writers import merge as do_merge
+
+    with OutputLock(Path(out), "merge"):
+        return do_merge(Path(out))

@@ -1,0 +1,111 @@
+"""What a run will ask for: documents -> chunks -> targets per chunk and split, and the
+requests and tokens that takes (``--dry-run``). No model calls, no files written."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from datakeg.chunking import Chunk, chunk_text
+from datakeg.discovery import Document, Skipped, output_stems
+from datakeg.prompts import build_messages, detect_language
+from datakeg.settings import Settings
+from datakeg.targets import SPLITS, plan_targets
+
+TOKENS_PER_PAIR = 80  # rough completion tokens per pair, for estimates and max_tokens
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class DocPlan:
+    doc: Document
+    output: str  # stem of the per-file outputs
+    chunks: list[Chunk]
+    total: int
+    targets: list[dict[str, int]]  # per chunk {split: n}
+    language: str = "English"
+
+    @property
+    def by_split(self) -> dict[str, int]:
+        return {s: sum(t[s] for t in self.targets) for s in SPLITS}
+
+
+@dataclass
+class Plan:
+    docs: list[DocPlan]
+    skipped: list[Skipped]
+    warnings: list[str]
+
+    @property
+    def chunks(self) -> int:
+        return sum(len(d.chunks) for d in self.docs)
+
+    @property
+    def pairs(self) -> int:
+        return sum(d.total for d in self.docs)
+
+    @property
+    def by_split(self) -> dict[str, int]:
+        return {s: sum(d.by_split[s] for d in self.docs) for s in SPLITS}
+
+
+def make_plan(docs: list[Document], skipped: list[Skipped], settings: Settings) -> Plan:
+    settings.validate()
+    stems = output_stems([d.relpath for d in docs])
+    plans = []
+    skipped = list(skipped)
+    for doc in docs:
+        chunks = chunk_text(doc.text, doc.kind, settings.chunk_size)
+        if not chunks:
+            skipped.append(Skipped(doc.relpath, "no text content (only front matter or markup)"))
+            continue
+        total, targets = plan_targets([len(c) for c in chunks], settings.pairs_per_1k, settings.ratios)
+        language = settings.language or detect_language(doc.text)
+        plans.append(DocPlan(doc, stems[doc.relpath], chunks, total, targets, language))
+    warnings = []
+    totals = {s: sum(d.by_split[s] for d in plans) for s in SPLITS}
+    for split, share in zip(SPLITS, (settings.train_pct, settings.valid_pct, settings.test_pct)):
+        if plans and share > 0 and totals[split] == 0:
+            warnings.append(f"the {split} split will be empty although --{split}-pct is {share:g}: the documents "
+                            "are too small for it; raise --pairs-per-1k")
+    return Plan(plans, skipped, warnings)
+
+
+def batches(n: int, size: int) -> list[int]:
+    """Split n into the fewest near-equal batches of at most ``size``."""
+    if n <= 0:
+        return []
+    k = math.ceil(n / size)
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
+def estimate(plan: Plan, settings: Settings) -> dict:
+    """Requests and tokens a run of ``plan`` would need (no model calls), per file and in total."""
+    per_file = []
+    for dp in plan.docs:
+        prompt_chars = 0
+        requests = 0
+        for chunk, target in zip(dp.chunks, dp.targets):
+            done = 0
+            for split in SPLITS:
+                for k in batches(target[split], settings.batch_size):
+                    avoid = ["x" * 70] * min(settings.avoid_cap, done)
+                    msgs = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
+                                          count=k, split=split, language="English", avoid=avoid,
+                                          reasoning=settings.reasoning)
+                    prompt_chars += sum(len(m["content"]) for m in msgs)
+                    requests += 1
+                    done += k
+        per_file.append({
+            "file": dp.doc.relpath, "chars": sum(len(c) for c in dp.chunks), "chunks": len(dp.chunks),
+            "target": dp.by_split, "requests": requests,
+            "prompt_tokens": prompt_chars // CHARS_PER_TOKEN,
+            "completion_tokens": dp.total * TOKENS_PER_PAIR * (2 if settings.reasoning else 1),
+        })
+    totals = {k: sum(f[k] for f in per_file) for k in ("chars", "chunks", "requests", "prompt_tokens",
+                                                        "completion_tokens")}
+    totals["target"] = {s: sum(f["target"][s] for f in per_file) for s in SPLITS}
+    return {"files": per_file, "totals": totals}
+
+
+__all__ = ["DocPlan", "Plan", "make_plan", "estimate", "batches"]

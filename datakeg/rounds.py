@@ -1,0 +1,212 @@
+"""Scheduling one document: split rounds, gates and backfill.
+
+Per document the splits run in rounds: every chunk's train requests, then every chunk's valid
+requests (told to avoid this chunk's questions and the most similar train questions of the whole
+document, which is complete by then), then test (avoiding train and valid). Inside a round the
+chunks run in parallel; a deterministic pass in chunk order then drops near duplicates between
+chunks and asks again for what is missing. So the output is the same whatever the concurrency,
+and valid/test are always checked against every train question of the document.
+
+A chunk's requests are numbered per split (the ``ordinal`` in the journal key), so a rerun asks
+the same requests in the same order and replays them from the journal.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from datakeg.callbacks import Callbacks
+from datakeg.calls import Caller
+from datakeg.parsing import ParseError, pairs_schema, parse_pairs
+from datakeg.planning import TOKENS_PER_PAIR, DocPlan, batches
+from datakeg.prompts import avoid_list, build_messages
+from datakeg.providers.base import ChatRequest
+from datakeg.quality import Gate, Grounding, normalize_question
+from datakeg.records import Pair, Reject
+from datakeg.settings import Settings
+from datakeg.targets import SPLITS
+
+
+@dataclass
+class Slot:
+    """What one chunk collected for one split."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    calls: int = 0
+    errors: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+@dataclass
+class DocResult:
+    """One document's outcome: the pairs per chunk and split, and what was dropped or failed."""
+
+    plan: DocPlan
+    slots: list[dict[str, Slot]]
+
+    def pairs(self, split: str) -> list[Pair]:
+        return [p for s in self.slots for p in s[split].pairs]
+
+    @property
+    def delivered(self) -> dict[str, int]:
+        return {sp: sum(len(s[sp].pairs) for s in self.slots) for sp in SPLITS}
+
+    @property
+    def dropped(self) -> Counter:
+        c = Counter()
+        for s in self.slots:
+            for sp in SPLITS:
+                c.update(s[sp].dropped)
+        return c
+
+    @property
+    def rejects(self) -> list[Reject]:
+        return [r for sp in SPLITS for s in self.slots for r in s[sp].rejects]
+
+    def short_chunks(self) -> list[tuple[int, str, int, int]]:
+        """(chunk, split, delivered, target) for every chunk and split below target."""
+        return [(i, sp, len(s[sp].pairs), self.plan.targets[i][sp]) for i, s in enumerate(self.slots)
+                for sp in SPLITS if len(s[sp].pairs) < self.plan.targets[i][sp]]
+
+
+class DocumentRunner:
+    def __init__(self, caller: Caller, settings: Settings, callbacks: Callbacks):
+        self.caller = caller
+        self.settings = settings
+        self.cb = callbacks
+        self.schema = pairs_schema(settings.reasoning)
+
+    # -- one request ------------------------------------------------------------------------
+    def _ask(self, dp: DocPlan, i: int, split: str, count: int, avoid: list[str], slot: Slot) -> list[Pair] | None:
+        chunk = dp.chunks[i]
+        messages = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
+                                  count=count, split=split, language=dp.language, avoid=avoid,
+                                  reasoning=self.settings.reasoning)
+        per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2)
+        task = {"excerpt": chunk.text, "count": count, "split": split, "language": dp.language, "avoid": avoid,
+                "reasoning": self.settings.reasoning}
+        request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
+                              max_tokens=200 + per_pair * count, seed=self.settings.seed, task=task)
+        ordinal = slot.calls
+        slot.calls += 1
+        reply = self.caller.call(request, ordinal, count)
+        where = dict(source=dp.doc.relpath, chunk=chunk.index, split=split)
+        if reply.text is None:
+            slot.errors += 1
+            slot.rejects.append(Reject("request_failed", error=reply.error, **where))
+            self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): request failed: {reply.error}")
+            return None
+        try:
+            return parse_pairs(reply.text)
+        except ParseError as exc:
+            with self.caller.lock:
+                self.caller.stats.unparseable += 1
+            slot.rejects.append(Reject("unparseable_reply", error=str(exc), raw=reply.text, **where))
+            self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): unparseable reply kept in "
+                               "rejects.jsonl")
+            return None
+
+    # -- one chunk, one split ---------------------------------------------------------------
+    def fill(self, dp: DocPlan, i: int, split: str, slot: Slot, gate: Gate, mine: list[Pair],
+             elsewhere: list[str], max_calls: int) -> None:
+        """Ask until ``slot`` holds its target or ``max_calls`` more calls were made."""
+        s = self.settings
+        want = dp.targets[i][split]
+        chunk = dp.chunks[i]
+        grounding = Grounding(chunk.text)
+        made = 0
+        while len(slot.pairs) < want and made < max_calls:
+            count = batches(want - len(slot.pairs), s.batch_size)[0]
+            avoid = avoid_list(mine, elsewhere, chunk.text, s.avoid_cap)
+            made += 1
+            pairs = self._ask(dp, i, split, count, avoid, slot)
+            if pairs is None:
+                continue
+            batch: list[str] = []
+            kept = 0
+            for pair in pairs:
+                reason = gate.check(pair, grounding, batch) or ("over_count" if kept >= count else None)
+                if reason:
+                    slot.dropped[reason] += 1
+                    slot.rejects.append(Reject("dropped_pair", reason=reason, source=dp.doc.relpath,
+                                               chunk=chunk.index, split=split, question=pair.question,
+                                               answer=pair.answer))
+                    continue
+                norm = normalize_question(pair.question)
+                batch.append(norm)
+                gate.accept(norm)
+                slot.pairs.append(pair)
+                mine.append(pair)
+                kept += 1
+            self.cb.on_pairs(kept)
+
+    def gate(self, questions: list[str]) -> Gate:
+        s = self.settings
+        return Gate(dedupe_threshold=s.dedupe_threshold, grounding_threshold=s.effective_grounding,
+                    accepted=[normalize_question(q) for q in questions])
+
+    # -- one document -----------------------------------------------------------------------
+    def run(self, dp: DocPlan, pool: Executor) -> DocResult:
+        s = self.settings
+        n = len(dp.chunks)
+        res = DocResult(dp, [{split: Slot() for split in SPLITS} for _ in range(n)])
+        slots = res.slots
+        self.cb.on_document_start(dp)
+
+        for r, split in enumerate(SPLITS):
+            earlier = SPLITS[:r]
+
+            def work(i: int, split: str = split, earlier: tuple = earlier) -> None:
+                if dp.targets[i][split] == 0:
+                    return
+                mine = self.own(res, i, earlier[-1]) if earlier else []
+                # checked against every question of the earlier splits (final by now) and this chunk's
+                gate = self.gate(self.others(res, i, earlier) + [p.question for p in mine])
+                planned = len(batches(dp.targets[i][split], s.batch_size))
+                self.fill(dp, i, split, slots[i][split], gate, list(mine), self.others(res, i, earlier),
+                          planned + s.max_attempts)
+
+            # biggest jobs first, so the round's tail is short (the order of results does not matter)
+            order = sorted(range(n), key=lambda i: -dp.targets[i][split])
+            for f in [pool.submit(work, i) for i in order]:
+                f.result()
+            # Deterministic pass in chunk order: near duplicates between chunks of this round go,
+            # then the chunks that lost pairs ask again (sequentially, so the result is fixed).
+            kept_norms: list[str] = []
+            gate = self.gate(self.others(res, -1, earlier))
+            for i in range(n):
+                slot = slots[i][split]
+                survivors = []
+                for p in slot.pairs:
+                    norm = normalize_question(p.question)
+                    if gate.is_duplicate(norm, kept_norms):
+                        slot.dropped["duplicate"] += 1
+                        slot.rejects.append(Reject("dropped_pair", reason="duplicate", source=dp.doc.relpath,
+                                                   chunk=i, split=split, question=p.question, answer=p.answer))
+                        continue
+                    kept_norms.append(norm)
+                    survivors.append(p)
+                if len(survivors) < len(slot.pairs):
+                    slot.pairs = survivors
+                    self.refill(res, i, split, [], s.max_attempts)
+                    kept_norms.extend(normalize_question(p.question) for p in slot.pairs[len(survivors):])
+        return res
+
+    def refill(self, res: DocResult, i: int, split: str, avoid_also: list[str], max_calls: int) -> None:
+        """Ask chunk ``i`` again for what ``split`` is missing, checked against every question the
+        document holds in any split, and told to avoid ``avoid_also`` (questions removed elsewhere)."""
+        upto = SPLITS[:SPLITS.index(split) + 1]
+        doc_questions = self.others(res, i, SPLITS) + [p.question for sp in SPLITS for p in res.slots[i][sp].pairs]
+        self.fill(res.plan, i, split, res.slots[i][split], self.gate(doc_questions + list(avoid_also)),
+                  self.own(res, i, split), list(avoid_also) + self.others(res, i, upto), max_calls)
+
+    @staticmethod
+    def own(res: DocResult, i: int, upto: str) -> list[Pair]:
+        return [p for sp in SPLITS[:SPLITS.index(upto) + 1] for p in res.slots[i][sp].pairs]
+
+    @staticmethod
+    def others(res: DocResult, i: int, splits: tuple[str, ...]) -> list[str]:
+        return [p.question for j, s in enumerate(res.slots) if j != i for sp in splits for p in s[sp].pairs]

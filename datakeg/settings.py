@@ -1,0 +1,196 @@
+"""Every `generate` option, its default and its meaning, defined once.
+
+The click options of `datakeg generate`, the file `datakeg init-config` writes and the README's
+options table are derived from (or checked against, by a test) :class:`Settings`. A field's
+metadata says whether it shapes the output (``shapes``: recorded in the manifest and in the run
+fingerprint, so changing it is a different run) or only how the run goes (timeouts, budgets).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from datakeg.errors import ConfigError
+
+FORMATS = ("completion", "chat", "reasoning")
+REASONING_FORMATS = ("separate", "integrated")
+STRUCTURED = ("auto", "schema", "json", "none")
+
+
+def opt(default, help: str, *, shapes: bool = True, choices: tuple | None = None, config: bool = True,
+        flag: str | None = None, short: str | None = None, metavar: str | None = None):
+    """A settings field. ``config``: may appear in the TOML config file / init-config."""
+    return field(default=default, metadata={"help": help, "shapes": shapes, "choices": choices, "config": config,
+                                            "flag": flag, "short": short, "metavar": metavar})
+
+
+@dataclass
+class Settings:
+    """Options of a generate run by their Python names (the CLI flag with ``-`` for ``_``)."""
+
+    format: str = opt("completion", 'Row shape: completion {"prompt","completion"}; chat {"messages":[...]}; '
+                      "reasoning (see --reasoning-format).", choices=FORMATS, short="-f")
+    reasoning_format: str = opt("separate", 'For --format reasoning: separate {"question","reasoning","answer"} '
+                                'or integrated {"prompt","completion"} with <think>reasoning</think> before the answer.',
+                                choices=REASONING_FORMATS)
+    system_message: str | None = opt(None, "System turn added to every row with --format chat.")
+    chunk_size: int = opt(4000, "Maximum characters per chunk (a code block, table or list item is never cut).")
+    pairs_per_1k: float = opt(10.0, "Pairs per 1000 characters of each document (at least 1 per document).")
+    train_pct: float = opt(0.6, "Share of pairs for train.")
+    valid_pct: float = opt(0.2, "Share of pairs for valid.")
+    test_pct: float = opt(0.2, "Share of pairs for test. The three shares must sum to 1.")
+    dedupe_threshold: float = opt(90.0, "Drop a question this similar (0-100, rapidfuzz) to any accepted one in "
+                                  "the document.")
+    grounding_threshold: float = opt(0.5, "Drop an answer unless this share of its content words occurs in the "
+                                     "chunk (0 = off).")
+    no_grounding: bool = opt(False, "Switch the grounding check off (e.g. when --language translates the "
+                             "documentation).")
+    max_attempts: int = opt(3, "Extra requests per chunk and split when the model returns fewer usable pairs "
+                            "than asked.")
+    batch_size: int = opt(15, "Most pairs asked for in one request.")
+    avoid_cap: int = opt(24, "Most questions listed as 'do not repeat' in one prompt.", config=False, flag="")
+    language: str | None = opt(None, "Language of the pairs, e.g. German. Default: the language each document "
+                               "is written in (detected).")
+    temperature: float = opt(0.7, "Sampling temperature.")
+    seed: int | None = opt(None, "Sampling seed passed to the model, where supported.")
+    leakage_threshold: float = opt(0.9, "After generation, remove valid/test pairs whose question has a TF-IDF "
+                                   "(char n-gram) cosine similarity this high to a question of an earlier split "
+                                   "(or of the same split in another document), and ask again.")
+    no_audit: bool = opt(False, "Skip the leakage audit.")
+    # -- how the run goes (not part of the output's identity) ------------------------------
+    structured: str = opt("auto", "Structured output: a JSON schema, plain JSON mode, or none. auto uses the "
+                          "schema and steps down if the server rejects it.", shapes=False, choices=STRUCTURED)
+    request_timeout: float = opt(300.0, "Seconds per request.", shapes=False)
+    max_retries: int = opt(4, "Retries per request on timeouts, connection errors, 429 and 5xx (exponential "
+                           "backoff with jitter; Retry-After honoured).", shapes=False)
+    wait_for_model: float = opt(0.0, "Wait this long for a server that is still starting before giving up.",
+                                shapes=False, metavar="SECONDS")
+    max_requests: int | None = opt(None, "Hard stop after this many model requests (resumable).", shapes=False)
+    max_tokens: int | None = opt(None, "Hard stop after this many prompt + completion tokens (resumable).",
+                                 shapes=False)
+    max_cost: float | None = opt(None, "Hard stop at this cost in USD, from OpenRouter's reported usage cost "
+                                 "(resumable).", shapes=False)
+    max_file_mb: float = opt(20.0, "Skip (and report) source files larger than this.", shapes=False)
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, **values) -> Settings:
+        """Settings from keyword options; unknown names are a ConfigError naming the valid ones."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}",
+                              f"Known settings: {', '.join(sorted(names))}.")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    @property
+    def ratios(self):
+        from datakeg.targets import Ratios
+
+        return Ratios(self.train_pct, self.valid_pct, self.test_pct)
+
+    @property
+    def reasoning(self) -> bool:
+        return self.format == "reasoning"
+
+    @property
+    def effective_grounding(self) -> float:
+        return 0.0 if self.no_grounding else self.grounding_threshold
+
+    @property
+    def effective_leakage(self) -> float:
+        return 0.0 if self.no_audit else self.leakage_threshold
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"unknown --{f.name.replace('_', '-')} {value!r}",
+                                  f"Choose one of: {', '.join(choices)}.")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}.")
+        _range(self.dedupe_threshold, 0, 100, "--dedupe-threshold", "100 = exact duplicates only")
+        _range(self.grounding_threshold, 0, 1, "--grounding-threshold", "0 switches the check off")
+        _range(self.leakage_threshold, 0, 1, "--leakage-threshold", "0 switches the audit off")
+        _range(self.temperature, 0, 2, "--temperature", "")
+        _range(self.pairs_per_1k, 0.001, 1000, "--pairs-per-1k", "e.g. 10")
+        _range(self.chunk_size, 200, 1_000_000, "--chunk-size", "characters")
+        _range(self.batch_size, 1, 200, "--batch-size", "")
+        _range(self.max_attempts, 0, 100, "--max-attempts", "")
+        _range(self.avoid_cap, 0, 1000, "avoid_cap", "")
+        _range(self.request_timeout, 0.001, 86400, "--request-timeout", "seconds")
+        _range(self.max_retries, 0, 100, "--max-retries", "")
+        _range(self.wait_for_model, 0, 86400, "--wait-for-model", "seconds")
+        _range(self.max_file_mb, 0.001, 100_000, "--max-file-mb", "")
+        for name in ("max_requests", "max_tokens", "max_cost"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0, got {value}.")
+        self.ratios  # raises ConfigError when the shares do not sum to 1
+
+    def shaping(self) -> dict:
+        """The settings that shape the output (manifest and run fingerprint)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["shapes"]}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _range(value, low, high, name: str, note: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value!r}.",
+                          f"Pass a value in that range{f' ({note})' if note else ''}.")
+
+
+def defaults() -> dict:
+    return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+
+def option_fields():
+    """The fields that are command-line options of `datakeg generate`."""
+    return [f for f in fields(Settings) if f.metadata.get("flag") != ""]
+
+
+def config_example() -> str:
+    """The commented TOML written by `datakeg init-config`, derived from the defaults."""
+    lines = [
+        "# datakeg generate configuration (TOML). Use it with: datakeg generate SRC OUT --config datakeg.toml",
+        "# Any `generate` option can go here (dashes or underscores); command-line flags override this file.",
+        "# API keys never go here: set OPENROUTER_API_KEY / OPENAI_API_KEY in the environment.",
+        "",
+        'provider = "ollama"            # ' + " | ".join(_provider_names()),
+        '# model = "qwen2.5:3b"         # default: the provider\'s default model',
+        '# base_url = "http://localhost:8000/v1"   # OpenAI-compatible server, or the Ollama host',
+        "# concurrency = 4              # default: the provider's own",
+        "",
+    ]
+    for f in fields(Settings):
+        if not f.metadata["config"]:
+            continue
+        value = f.default
+        comment = f.metadata["help"].split(". ")[0].rstrip(".")
+        if f.metadata.get("choices"):
+            comment += f" ({' | '.join(f.metadata['choices'])})"
+        if value is None:
+            lines.append(f"# {f.name} =                   # {comment}")
+        else:
+            lines.append(f"{f.name} = {_toml(value)}".ljust(31) + f"# {comment}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _provider_names() -> list[str]:
+    from datakeg.providers import provider_names
+
+    return provider_names()
