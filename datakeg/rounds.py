@@ -111,8 +111,9 @@ class DocumentRunner:
 
     # -- one chunk, one split ---------------------------------------------------------------
     def fill(self, dp: DocPlan, i: int, split: str, slot: Slot, gate: Gate, mine: list[Pair],
-             elsewhere: list[str], max_calls: int) -> None:
-        """Ask until ``slot`` holds its target or ``max_calls`` more calls were made."""
+             elsewhere: list[str], max_calls: int, pinned: list[str] = ()) -> None:
+        """Ask until ``slot`` holds its target or ``max_calls`` more calls were made. ``pinned``
+        questions are always in the avoid list (questions removed by the leakage audit)."""
         s = self.settings
         want = dp.targets[i][split]
         chunk = dp.chunks[i]
@@ -120,7 +121,8 @@ class DocumentRunner:
         made = 0
         while len(slot.pairs) < want and made < max_calls:
             count = batches(want - len(slot.pairs), s.batch_size)[0]
-            avoid = avoid_list(mine, elsewhere, chunk.text, s.avoid_cap)
+            pin = list(dict.fromkeys(pinned))[: s.avoid_cap // 3]
+            avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
             made += 1
             pairs = self._ask(dp, i, split, count, avoid, slot)
             if pairs is None:
@@ -198,10 +200,10 @@ class DocumentRunner:
     def refill(self, res: DocResult, i: int, split: str, avoid_also: list[str], max_calls: int) -> None:
         """Ask chunk ``i`` again for what ``split`` is missing, checked against every question the
         document holds in any split, and told to avoid ``avoid_also`` (questions removed elsewhere)."""
-        upto = SPLITS[:SPLITS.index(split) + 1]
-        doc_questions = self.others(res, i, SPLITS) + [p.question for sp in SPLITS for p in res.slots[i][sp].pairs]
-        self.fill(res.plan, i, split, res.slots[i][split], self.gate(doc_questions + list(avoid_also)),
-                  self.own(res, i, split), list(avoid_also) + self.others(res, i, upto), max_calls)
+        mine = [p for sp in SPLITS for p in res.slots[i][sp].pairs]  # every split: none may come back
+        doc_questions = self.others(res, i, SPLITS) + [p.question for p in mine]
+        self.fill(res.plan, i, split, res.slots[i][split], self.gate(doc_questions + list(avoid_also)), mine,
+                  self.others(res, i, SPLITS), max_calls, pinned=avoid_also)
 
     @staticmethod
     def own(res: DocResult, i: int, upto: str) -> list[Pair]:

@@ -1,0 +1,216 @@
+"""The promises the README makes about OUT, each tried against the fault it is about: a second
+writer, a stop at any point, a full disk, SIGTERM, crafted manifests, bad options, leakage across
+documents (checked against a brute-force similarity computed here)."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from datakeg.cli import cli
+from datakeg.testing.fake_server import FakeLLMServer
+
+from conftest import ROOT, TESTDOC
+
+SPLITS = ("train", "valid", "test")
+
+
+def gen(srv, src, out, *extra):
+    return CliRunner().invoke(cli, ["generate", str(src), str(out), "-p", "openai", "--base-url", srv.url, "-q",
+                                    *extra])
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def cmd(srv, src, out, *extra):
+    return [sys.executable, "-m", "datakeg", "generate", str(src), str(out), "-p", "openai", "--base-url", srv.url,
+            "-q", *extra]
+
+
+def test_out_is_consistent_after_a_stop_and_complete_after_the_rerun(tmp_path):
+    out = tmp_path / "o"
+    with FakeLLMServer() as srv:
+        assert gen(srv, TESTDOC, out).exit_code == 0
+        complete = {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS}
+        # a second run with other settings, stopped by its budget after a few requests
+        result = gen(srv, TESTDOC, out, "--fresh", "--pairs-per-1k", "6", "--max-requests", "4", "-c", "1")
+        assert result.exit_code == 5
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["status"] == "stopped" and "max-requests" in m["stop_reason"]
+        # no merged file of the earlier run survives to describe another state
+        assert not any((out / f"{s}.jsonl").exists() for s in SPLITS)
+        for f in m["files"]:
+            if f["status"] == "done":
+                for s in SPLITS:
+                    assert len(rows(out / f"{f['output']}_{s}.jsonl")) == f["delivered"][s]
+            else:
+                assert f["status"] == "pending"
+        assert any(f["status"] == "pending" for f in m["files"])
+        assert gen(srv, TESTDOC, out, "--pairs-per-1k", "6").exit_code == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "complete" and all(f["status"] == "done" for f in m["files"])
+    for s in SPLITS:
+        merged = [r for f in m["files"] for r in rows(out / f"{f['output']}_{s}.jsonl")]
+        assert rows(out / f"{s}.jsonl") == merged
+        assert len(merged) == m["totals"]["delivered"][s]
+    assert complete != {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS}
+
+
+def test_fresh_never_deletes_outside_out(tmp_path):
+    out = tmp_path / "o"
+    victim = tmp_path / "victim_train.jsonl"
+    victim.write_text('{"keep": "me"}\n')
+    with FakeLLMServer() as srv:
+        assert gen(srv, TESTDOC, out).exit_code == 0
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["files"][0]["output"] = "../victim"  # crafted: points outside OUT
+        manifest["files"].append({"output": str(tmp_path / "victim")})
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        assert gen(srv, TESTDOC, out, "--fresh").exit_code == 0
+    assert victim.read_text() == '{"keep": "me"}\n'
+
+
+def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_files(tmp_path):
+    out = tmp_path / "o"
+    with FakeLLMServer(latency=0.1) as srv:
+        proc = subprocess.Popen(cmd(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20"), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while len(srv.requests) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "run the same command again to resume" in err and "Traceback" not in err
+        assert not [p for p in out.rglob("*.tmp")]
+        assert json.loads((out / "manifest.json").read_text())["status"] == "stopped"
+        done = len(srv.requests)
+        # a stale temp file from a writer killed mid-write is cleaned up by the next run
+        stale = out / ".train.jsonl.x1y2.tmp"
+        stale.write_text("half a line")
+        assert gen(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20").exit_code == 0
+        assert not stale.exists()
+        t = json.loads((out / "manifest.json").read_text())["totals"]
+        assert t["replayed_from_journal"] >= done - 1 and t["delivered"] == t["target"]
+
+
+def _limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40000, 40000))
+
+
+def test_full_disk_is_one_clear_line_and_resumable(tmp_path):
+    out = tmp_path / "o"
+    with FakeLLMServer() as srv:
+        proc = subprocess.run(cmd(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20"), cwd=ROOT,
+                              capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3
+        assert "File too large" in proc.stderr and "run the same command again" in proc.stderr
+        assert not [p for p in out.rglob("*.tmp")]
+        for p in out.rglob("*.jsonl"):  # every line written is whole
+            for line in p.read_text(encoding="utf-8").split("\n"):
+                if line and p.name != "journal.jsonl":
+                    json.loads(line)
+        assert gen(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20").exit_code == 0
+    t = json.loads((out / "manifest.json").read_text())["totals"]
+    assert t["delivered"] == t["target"] and t["replayed_from_journal"] > 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions, so a read-only folder cannot be made")
+def test_read_only_out_is_a_clear_error(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    out.chmod(0o500)
+    with FakeLLMServer() as srv:
+        result = gen(srv, TESTDOC, out)
+    assert result.exit_code != 0 and "Traceback" not in result.output and "write" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pairs-per-1k", "nan"], "finite number"),
+    (["--pairs-per-1k", "inf"], "finite number"),
+    (["--temperature", "-1"], "--temperature must be between"),
+    (["--batch-size", "0"], "--batch-size must be between"),
+    (["--chunk-size", "99999999999"], "--chunk-size must be between"),
+    (["--concurrency", "0"], "--concurrency must be a whole number from 1"),
+    (["--concurrency", "-4"], "--concurrency must be a whole number from 1"),
+    (["--max-requests", "0"], "--max-requests must be greater than 0"),
+    (["--request-timeout", "nan"], "finite number"),
+])
+def test_absurd_options_are_refused_before_any_request(server, tmp_path, args, message):
+    result = gen(server, TESTDOC, tmp_path / "o", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and server.requests == []
+
+
+def test_src_equal_to_or_inside_out_is_refused(server, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text((TESTDOC / "README.md").read_text())
+    result = gen(server, docs, docs)
+    assert result.exit_code == 2 and "SRC and OUT are the same folder" in result.output
+    result = gen(server, docs, tmp_path)
+    assert result.exit_code == 2 and "lies inside OUT" in result.output
+    assert server.requests == [] and sorted(p.name for p in docs.iterdir()) == ["a.md"]
+
+
+def _brute_force_leaks(questions, splits, docs, threshold):
+    """Every pair that must not coexist, computed the slow, obvious way (dense cosine)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from datakeg.quality import normalize_question
+
+    norm = [normalize_question(q) for q in questions]
+    x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(norm)
+    sims = (x @ x.T).toarray()
+    bad = []
+    for i in range(len(questions)):
+        for j in range(i):
+            if splits[i] == splits[j] and docs[i] == docs[j]:
+                continue
+            if sims[i, j] >= threshold - 1e-6 or norm[i] == norm[j]:
+                bad.append((questions[j], questions[i], round(float(sims[i, j]), 3)))
+    return bad
+
+
+def test_no_leak_across_documents_and_targets_still_met(server, tmp_path):
+    """Three documents that share most of their text: the same questions come up in every split of
+    every document. After the run no question may be near another one of an earlier split (or of
+    the same split in another document), and backfill still meets the targets."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    base = (TESTDOC / "README.md").read_text()
+    import random
+
+    rng = random.Random(5)
+    words = sorted({"".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
+                    for _ in range(3000)})
+    for name in ("a.md", "b.md", "c.md"):  # each with a tail of its own, so new questions can be found
+        extra = "\n\n" + " ".join(" ".join(rng.sample(words, 7)).capitalize() + "." for _ in range(40))
+        (src / name).write_text(base + extra)
+    out = tmp_path / "o"
+    assert gen(server, src, out).exit_code == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert sum(m["leakage_audit"]["removed"].values()) > 0  # the fault was there
+    questions, splits, docs = [], [], []
+    for k, f in enumerate(m["files"]):
+        for s in SPLITS:
+            for r in rows(out / f"{f['output']}_{s}.jsonl"):
+                questions.append(r["prompt"])
+                splits.append(s)
+                docs.append(k)
+    assert _brute_force_leaks(questions, splits, docs, 0.9) == []
+    assert m["totals"]["delivered"] == m["totals"]["target"]
+    rejects = [json.loads(l) for l in (out / "rejects.jsonl").read_text().split("\n") if l]
+    leaks = [r for r in rejects if r.get("reason") == "leakage"]
+    assert len(leaks) == m["totals"]["dropped"]["leakage"] and all(r["similar_question"] for r in leaks)
