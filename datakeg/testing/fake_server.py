@@ -163,7 +163,7 @@ class FakeLLMServer:
         self.answers = dict(answers or {})  # closed-book question -> answer, per model: {"model\x00q": a}
         self.latency = latency
         self.models = list(models)
-        self.requests: list[dict] = []  # every chat request body received, in order
+        self.requests: list[dict] = []  # every chat request received, in order: path, body, faults hit
         self.lock = threading.Lock()
         self.chat_count = 0
         self.seen: dict[int, int] = {}
@@ -304,9 +304,9 @@ class FakeLLMServer:
                 if self.path not in ("/v1/chat/completions", "/api/chat"):
                     return self._send(404, {"error": f"not found: {self.path}"})
                 ollama = self.path == "/api/chat"
-                with server.lock:
-                    server.requests.append({"path": self.path, "body": body})
                 n, active = server._active_faults(body)
+                with server.lock:
+                    server.requests.append({"path": self.path, "body": body, "faults": sorted(active)})
                 if server.latency:
                     time.sleep(server.latency)
                 if self._fault_reply(active, ollama):
