@@ -3,7 +3,7 @@
 ``scrub(text)`` replaces with ``***``:
 
 * the values of the configured keys: every environment variable named in :data:`KEY_ENV_VARS`
-  (``OPENAI_API_KEY``, ``OPENROUTER_API_KEY``, ``OLLAMA_API_KEY``, plus names added with
+  (``OPENAI_API_KEY``, ``OPENROUTER_API_KEY``, ``OLLAMA_API_KEY``, ``HF_TOKEN``, plus names added with
   :func:`register_key_env`), every other ``*_API_KEY`` variable, and the values passed to
   :func:`register_secret` (keys handed over programmatically). Values shorter than
   :data:`MIN_SECRET_CHARS` are not searched for (``OPENAI_API_KEY=x`` must not blank every "x");
@@ -11,7 +11,8 @@
   (``Bearer``/``Basic``/``Token`` schemes, in header, JSON or Python-repr form), any bare
   ``Bearer <token>`` (8 characters or more), ``api_key=...``, ``api-key: ...``, ``"api_key": "..."`` (also ``apikey``,
   ``x-api-key``, ``access_token``, ``secret``, ``password``, ``key=`` in a query string) and
-  tokens shaped like provider keys (``sk-...``, ``sk_...``, ``hf_...``, ``gsk_...``).
+  tokens shaped like provider keys (``sk-...``, ``sk_...``, ``hf_...``, ``gsk_...``) and the password
+  of a URL (``https://user:***@host``).
 
 The providers scrub every error message they raise, so exceptions carry no key; anything else
 that turns server text into output (rejects, warnings, logs) should scrub it too.
@@ -23,7 +24,7 @@ import os
 import re
 import threading
 
-KEY_ENV_VARS: list[str] = ["OPENAI_API_KEY", "OPENROUTER_API_KEY", "OLLAMA_API_KEY"]
+KEY_ENV_VARS: list[str] = ["OPENAI_API_KEY", "OPENROUTER_API_KEY", "OLLAMA_API_KEY", "HF_TOKEN"]
 MIN_SECRET_CHARS = 6
 MASK = "***"
 
@@ -46,6 +47,7 @@ _KEY_VALUE = re.compile(
 )
 _QUERY_KEY = re.compile(r"(?P<head>[?&](?:key|token|api_key|apikey|access_token)=)(?P<value>[^\s&#\"']+)",
                         re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?P<value>[^/\s@]+)(?=@)", re.IGNORECASE)
 _TOKEN_LIKE = re.compile(r"(?<![A-Za-z0-9])(?:sk-|sk_|hf_|gsk_|xai-)[A-Za-z0-9][A-Za-z0-9._-]{7,}")
 
 
@@ -95,6 +97,7 @@ def scrub(text: str) -> str:
     text = _BEARER.sub(_mask, text)
     text = _KEY_VALUE.sub(_mask, text)
     text = _QUERY_KEY.sub(_mask, text)
+    text = _URL_PASSWORD.sub(_mask, text)
     return _TOKEN_LIKE.sub(MASK, text)
 
 

@@ -99,22 +99,22 @@ def unavailable(message: str, hint: str | None = None) -> "ProviderUnavailable":
 
 
 def excerpt(text: object, limit: int = 200) -> str:
-    """The start of a server's text, on one line, for an error message (scrubbed by the caller)."""
-    s = " ".join(str(text).split())
+    """The start of a server's text, on one line, for an error message. Scrubbed before it is cut,
+    so a key cut in half cannot slip past :func:`datakeg.secrets.scrub`."""
+    from datakeg.secrets import scrub
+
+    s = " ".join(scrub(str(text)).split())
     return s if len(s) <= limit else s[:limit] + " ..."
 
 
 def reply_text(text: object, max_chars: int = MAX_REPLY_CHARS, detail: str = "") -> str:
-    """The reply's text, or a ProviderRequestError when there is none or it is oversized.
-
-    Empty (or whitespace-only) text is an error too: it holds nothing to keep, and journaling it
-    would make the failure permanent (a rerun would replay it instead of asking again)."""
+    """The reply's text, or a ProviderRequestError when there is none (null content) or it is
+    oversized. Journaling either would make the failure permanent: a rerun would replay it instead
+    of asking again. An empty string is the model's answer and is returned as it is."""
     if text is None:
         raise request_failed(f"the server's reply has no message content{detail}")
     if not isinstance(text, str):
         raise request_failed(f"the server's reply content is not text ({type(text).__name__}){detail}")
-    if not text.strip():
-        raise request_failed(f"the server's reply is empty{detail}")
     if len(text) > max_chars:
         raise request_failed(f"the server's reply is {len(text):,} characters, over the {max_chars:,} limit{detail}")
     return text

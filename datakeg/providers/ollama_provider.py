@@ -121,7 +121,7 @@ class OllamaProvider(Provider):
                     self._refused = self._auth_refused(exc, "the request")
                     raise self._refused from None
                 retryable = exc.status_code == 429 or exc.status_code >= 500
-                error = f"Ollama error {exc.status_code}: {exc.error}"
+                error = f"Ollama error {exc.status_code}: {excerpt(exc.error, 500)}"
             except (ConnectionError, httpx.TransportError) as exc:
                 retryable, error = True, f"Ollama connection failed: {exc.__class__.__name__}: {exc}"
             except (ValueError, TypeError) as exc:  # a 200 that is not a chat reply (never retried here)

@@ -141,14 +141,14 @@ class OpenAICompatProvider(Provider):
                 ):
                     self._mode = "json" if self._mode == "schema" else "none"
                     continue
-                raise request_failed(f"request rejected: {exc.message}") from None
+                raise request_failed(f"request rejected: {excerpt(exc.message, 500)}") from None
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 self._refused = self._auth_refused(exc, "the request")
                 raise self._refused from None
             except openai.APIConnectionError as exc:
                 raise request_failed(f"connection failed: {exc}") from None
             except openai.APIStatusError as exc:
-                raise request_failed(f"HTTP {exc.status_code}: {exc.message}") from None
+                raise request_failed(f"HTTP {exc.status_code}: {excerpt(exc.message, 500)}") from None
             except openai.APIResponseValidationError as exc:
                 raise request_failed(f"the server's reply is not a chat completion: {excerpt(exc.message)}") from None
             except openai.APIError as exc:

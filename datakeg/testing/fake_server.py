@@ -348,8 +348,11 @@ def main(argv=None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--fault", action="append", default=[], help="fault to inject, e.g. fence or malformed:3")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each chat reply")
+    ap.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    ap.add_argument("--auth-status", type=int, default=401, help="status of a request without the key (401/403)")
     args = ap.parse_args(argv)
-    srv = FakeLLMServer(args.host, args.port, args.fault, args.latency)
+    srv = FakeLLMServer(args.host, args.port, args.fault, args.latency, api_key=args.api_key,
+                        auth_status=args.auth_status)
     print(f"fake LLM server on http://{args.host}:{srv.port}  (OpenAI: --base-url {srv.url}; "
           f"Ollama: OLLAMA_HOST={srv.ollama_host})", flush=True)
     try:

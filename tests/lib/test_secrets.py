@@ -56,6 +56,7 @@ def test_a_key_containing_another_is_masked_whole(monkeypatch):
     ("Incorrect API key provided: sk-proj-AbC123dEf456", "Incorrect API key provided: ***"),
     ("openrouter key sk-or-v1-0123456789abcdef0123", "openrouter key ***"),
     ("hf_abcdefghijklmnopqrstuvwx is a token", "*** is a token"),
+    ("cannot reach http://admin:hunter2@proxy:8080/v1", "cannot reach http://admin:***@proxy:8080/v1"),
 ])
 def test_credential_shapes_are_masked(text, expected):
     assert scrub(text) == expected
@@ -66,6 +67,7 @@ def test_credential_shapes_are_masked(text, expected):
     "This is basic information about the bearer of news.",
     "the reply has no choices (finish_reason: length)",
     "task-force and sk-8 are short words",
+    "see http://127.0.0.1:11434/api/chat and a:b@c",
     "",
 ])
 def test_ordinary_text_is_left_alone(text):
@@ -86,3 +88,11 @@ def test_provider_errors_carry_no_key(monkeypatch):
     assert "or-key-value-5555" not in request_failed("HTTP 400: got or-key-value-5555").message
     exc = unavailable("bad Authorization: Bearer or-key-value-5555", "your key or-key-value-5555 ...")
     assert "or-key-value-5555" not in str(exc)
+
+
+def test_a_key_cut_by_an_excerpt_is_masked_before_the_cut(monkeypatch):
+    from datakeg.providers.base import excerpt
+
+    monkeypatch.setenv("OPENAI_API_KEY", "abcdefghijklmnopqrstuvwxyz0123")
+    text = "x" * 190 + " key abcdefghijklmnopqrstuvwxyz0123 and more"
+    assert "abcd" not in excerpt(text, 200)
