@@ -111,7 +111,7 @@ class OllamaProvider(Provider):
         for attempt in range(self.max_retries + 1):
             refused = getattr(self, "_refused", None)
             if refused is not None:  # the key was rejected: every other request would be too
-                raise refused
+                raise ProviderUnavailable(refused.message, refused.hint)  # a fresh one per thread
             try:
                 resp = self.client.chat(model=self.model, messages=request.messages, format=fmt,
                                         options=options, stream=False)

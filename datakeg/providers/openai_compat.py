@@ -128,7 +128,7 @@ class OpenAICompatProvider(Provider):
                 kwargs["extra_body"] = {"usage": {"include": True}}  # report the cost (for --max-cost)
             refused = getattr(self, "_refused", None)
             if refused is not None:  # the key was rejected: every other request would be too
-                raise refused
+                raise ProviderUnavailable(refused.message, refused.hint)  # a fresh one per thread
             try:
                 resp = self.client.chat.completions.create(**kwargs)
                 break
