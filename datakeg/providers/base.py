@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 
+MAX_REPLY_CHARS = 1_000_000  # a reply longer than this is refused (no QA batch is anywhere near it)
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     messages: list[dict]
@@ -50,6 +53,7 @@ class Provider:
     default_model: str | None = None  # None: the provider decides (e.g. the server's only model)
     key_env: str | None = None  # environment variable holding the API key, if any
     default_concurrency = 4
+    max_reply_chars = MAX_REPLY_CHARS  # longer replies are a failed request, never journaled
 
     def __init__(self, model: str | None):
         self.model = model
@@ -109,3 +113,44 @@ def redact_url(url: str | None) -> str | None:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# -- shared by the HTTP providers: turn bad replies into clear, key-free errors ------------------
+
+
+def request_failed(message: str) -> "ProviderRequestError":
+    """A ProviderRequestError (one request failed; the pipeline retries it) with no key in it."""
+    from datakeg.errors import ProviderRequestError
+    from datakeg.secrets import scrub
+
+    return ProviderRequestError(scrub(message))
+
+
+def unavailable(message: str, hint: str | None = None) -> "ProviderUnavailable":
+    """A ProviderUnavailable (stops the run) with no key in it."""
+    from datakeg.errors import ProviderUnavailable
+    from datakeg.secrets import scrub
+
+    return ProviderUnavailable(scrub(message), scrub(hint) if hint else hint)
+
+
+def excerpt(text: object, limit: int = 200) -> str:
+    """The start of a server's text, on one line, for an error message. Scrubbed before it is cut,
+    so a key cut in half cannot slip past :func:`datakeg.secrets.scrub`."""
+    from datakeg.secrets import scrub
+
+    s = " ".join(scrub(str(text)).split())
+    return s if len(s) <= limit else s[:limit] + " ..."
+
+
+def reply_text(text: object, max_chars: int = MAX_REPLY_CHARS, detail: str = "") -> str:
+    """The reply's text, or a ProviderRequestError when there is none (null content) or it is
+    oversized. Journaling either would make the failure permanent: a rerun would replay it instead
+    of asking again. An empty string is the model's answer and is returned as it is."""
+    if text is None:
+        raise request_failed(f"the server's reply has no message content{detail}")
+    if not isinstance(text, str):
+        raise request_failed(f"the server's reply content is not text ({type(text).__name__}){detail}")
+    if len(text) > max_chars:
+        raise request_failed(f"the server's reply is {len(text):,} characters, over the {max_chars:,} limit{detail}")
+    return text

@@ -7,7 +7,16 @@ import random
 import time
 
 from datakeg.errors import ProviderRequestError, ProviderUnavailable
-from datakeg.providers.base import ChatRequest, Completion, Provider, redact_url
+from datakeg.providers.base import (
+    ChatRequest,
+    Completion,
+    Provider,
+    excerpt,
+    redact_url,
+    reply_text,
+    request_failed,
+    unavailable,
+)
 
 DEFAULT_MODEL = "qwen2.5:3b"
 OTHER_PROVIDERS = (
@@ -38,14 +47,43 @@ class OllamaProvider(Provider):
             wanted += ":latest"
         return have == wanted
 
+    def _auth_refused(self, exc, during: str) -> ProviderUnavailable:
+        """401/403 from Ollama (ollama.com, or a proxy in front of Ollama): stop, say how to fix it."""
+        keyed = bool(os.environ.get("OLLAMA_API_KEY"))
+        return unavailable(
+            f"Ollama at {redact_url(self.host)} refused {during} (HTTP {exc.status_code}: {excerpt(exc.error)}).",
+            (f"The key in OLLAMA_API_KEY may not use model {self.model!r}: use a key that may "
+             "(export OLLAMA_API_KEY=...) or choose another --model." if keyed and exc.status_code == 403 else
+             "Check the key in OLLAMA_API_KEY (export OLLAMA_API_KEY=<a valid key>)." if keyed else
+             "The server wants a key: export OLLAMA_API_KEY=<your key> (ollama.com keys), or point OLLAMA_HOST "
+             "at an Ollama that needs none.") + f" {OTHER_PROVIDERS}",
+        )
+
     def list_models(self) -> list[str]:
+        import httpx
+        import ollama
+
         try:
             return [m.model for m in self.client.list().models]
-        except ConnectionError as exc:
+        except (ConnectionError, httpx.TransportError) as exc:
             raise ProviderUnavailable(
                 f"Ollama is not reachable at {redact_url(self.host)} ({exc.__class__.__name__}).",
                 f"Start it with `ollama serve` (install from https://ollama.com), or set OLLAMA_HOST "
                 f"to where it runs. {OTHER_PROVIDERS}",
+            ) from None
+        except ollama.ResponseError as exc:
+            if exc.status_code in (401, 403):
+                raise self._auth_refused(exc, "to list its models") from None
+            raise unavailable(
+                f"Ollama at {redact_url(self.host)} answered HTTP {exc.status_code} to GET /api/tags: "
+                f"{excerpt(exc.error)}",
+                f"Check that OLLAMA_HOST (or --base-url) points at an Ollama server. {OTHER_PROVIDERS}",
+            ) from None
+        except (ValueError, TypeError, AttributeError):  # 200 whose body is not Ollama's model list
+            raise unavailable(
+                f"The server at {redact_url(self.host)} does not answer like Ollama (GET /api/tags did not "
+                "return its model list).",
+                f"Check that OLLAMA_HOST (or --base-url) points at an Ollama server. {OTHER_PROVIDERS}",
             ) from None
 
     def check(self) -> None:
@@ -73,20 +111,55 @@ class OllamaProvider(Provider):
         import httpx
 
         for attempt in range(self.max_retries + 1):
+            refused = getattr(self, "_refused", None)
+            if refused is not None:  # the key was rejected: every other request would be too
+                raise ProviderUnavailable(refused.message, refused.hint)  # a fresh one per thread
             try:
                 resp = self.client.chat(model=self.model, messages=request.messages, format=fmt,
                                         options=options, stream=False)
                 break
             except ollama.ResponseError as exc:
+                if exc.status_code in (401, 403):
+                    self._refused = self._auth_refused(exc, "the request")
+                    raise self._refused from None
                 retryable = exc.status_code == 429 or exc.status_code >= 500
-                error = f"Ollama error {exc.status_code}: {exc.error}"
+                error = f"Ollama error {exc.status_code}: {excerpt(exc.error, 500)}"
             except (ConnectionError, httpx.TransportError) as exc:
                 retryable, error = True, f"Ollama connection failed: {exc.__class__.__name__}: {exc}"
+            except (ValueError, TypeError) as exc:  # a 200 that is not a chat reply (never retried here)
+                raise self._bad_reply(exc) from None
             if not retryable or attempt == self.max_retries:
-                raise ProviderRequestError(error + (f" (after {attempt + 1} attempts)" if attempt else ""))
+                raise request_failed(error + (f" (after {attempt + 1} attempts)" if attempt else ""))
             # exponential backoff with full jitter (the Ollama client exposes no Retry-After)
             time.sleep(random.uniform(0, min(30.0, 0.5 * 2 ** attempt)))
-        return Completion(resp.message.content or "", resp.prompt_eval_count or 0, resp.eval_count or 0)
+        message = getattr(resp, "message", None)
+        done = getattr(resp, "done_reason", None)
+        detail = f" (done_reason: {done})" if done and done != "stop" else ""
+        text = reply_text(getattr(message, "content", None) if message is not None else None,
+                          self.max_reply_chars, detail)
+        prompt_tokens, completion_tokens = resp.prompt_eval_count, resp.eval_count
+        return Completion(text, prompt_tokens if isinstance(prompt_tokens, int) else 0,
+                          completion_tokens if isinstance(completion_tokens, int) else 0)
+
+    @staticmethod
+    def _bad_reply(exc: Exception) -> ProviderRequestError:
+        """Why a 200 reply could not be read: not JSON, an error object, or no message."""
+        import json
+
+        if isinstance(exc, json.JSONDecodeError):
+            return request_failed(f"Ollama's reply is not JSON ({exc.msg}): {excerpt(exc.doc)}")
+        errors = getattr(exc, "errors", None)  # pydantic: the reply lacks a required field
+        if callable(errors):
+            try:
+                first = errors()[0]
+            except Exception:  # noqa: BLE001 - only for a better message
+                first = {}
+            data = first.get("input")
+            if isinstance(data, dict) and data.get("error"):
+                return request_failed(f"Ollama answered with an error: {excerpt(data['error'])}")
+            if first.get("loc") == ("message",):
+                return request_failed("Ollama's reply has no message")
+        return request_failed(f"Ollama's reply is not a chat reply ({exc.__class__.__name__}: {excerpt(exc)})")
 
     def describe(self) -> dict:
         return {"provider": self.name, "model": self.model, "base_url": redact_url(self.host)}

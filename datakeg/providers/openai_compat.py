@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import os
 
-from datakeg.errors import ProviderRequestError, ProviderUnavailable
-from datakeg.providers.base import ChatRequest, Completion, Provider, redact_url
+from datakeg.errors import ProviderUnavailable
+from datakeg.providers.base import (
+    ChatRequest,
+    Completion,
+    Provider,
+    excerpt,
+    redact_url,
+    reply_text,
+    request_failed,
+    unavailable,
+)
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
@@ -46,6 +55,23 @@ class OpenAICompatProvider(Provider):
             "start its local server) or correct --base-url. Try `datakeg providers` to see what is reachable.",
         )
 
+    def _auth_refused(self, exc, during: str) -> ProviderUnavailable:
+        """401/403: no request can succeed, so the run stops at once with how to fix the key."""
+        status = getattr(exc, "status_code", None)
+        where = redact_url(str(self.client.base_url))
+        detail = excerpt(getattr(exc, "message", None) or exc)
+        if status == 403:
+            message = f"The server at {where} refused {during} (HTTP 403: {detail})."
+            hint = (f"The key in {self.key_env} is not allowed to do this (model {self.model!r} not permitted, "
+                    f"or no credit left): use a key that is (export {self.key_env}=...) or choose another --model.")
+        else:
+            message = f"The server at {where} rejected the API key (HTTP {status or 401}: {detail})."
+            hint = (f"Check the key in {self.key_env} (export {self.key_env}=<a valid key>)." if self.api_key else
+                    f"{self.key_env} is not set and the server wants a key: export {self.key_env}=<your key>.")
+        if self.name == "openrouter":
+            hint += " Keys: https://openrouter.ai/keys"
+        return unavailable(message, hint)
+
     def check(self) -> None:
         import openai
 
@@ -55,16 +81,23 @@ class OpenAICompatProvider(Provider):
                 "Example: datakeg generate docs out --provider openai --base-url http://localhost:8000/v1",
             )
         try:
-            models = [m.id for m in self.client.with_options(max_retries=0, timeout=15).models.list()]
+            page = self.client.with_options(max_retries=0, timeout=15).models.list()
+            models = [m.id for m in page] if not isinstance(page, str) else None
         except openai.APIConnectionError as exc:
             raise self._unreachable(exc) from None
-        except openai.AuthenticationError:
-            raise ProviderUnavailable(
-                f"The server rejected the API key from {self.key_env}.",
-                f"Check {self.key_env} (export {self.key_env}=...).",
-            ) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise self._auth_refused(exc, "to list its models") from None
         except openai.APIStatusError:
             models = []  # some servers have no /models endpoint; the first request will tell
+        except (openai.APIError, ValueError, TypeError, AttributeError):
+            models = None  # 200 with a body that is not a model list
+        if models is None or not all(isinstance(m, str) for m in models):
+            raise unavailable(
+                f"The server at {redact_url(str(self.client.base_url))} does not answer like an OpenAI-compatible "
+                "API (GET /models did not return a JSON model list).",
+                "Check --base-url: it is the API root, which usually ends in /v1 "
+                "(e.g. http://localhost:8000/v1), not a web page.",
+            )
         if self.model is None:
             if len(models) == 1 or (models and self.base_url):
                 self.model = models[0]
@@ -95,30 +128,67 @@ class OpenAICompatProvider(Provider):
                 kwargs["response_format"] = fmt
             if self.name == "openrouter":
                 kwargs["extra_body"] = {"usage": {"include": True}}  # report the cost (for --max-cost)
+            refused = getattr(self, "_refused", None)
+            if refused is not None:  # the key was rejected: every other request would be too
+                raise ProviderUnavailable(refused.message, refused.hint)  # a fresh one per thread
             try:
                 resp = self.client.chat.completions.create(**kwargs)
                 break
             except openai.BadRequestError as exc:
                 # The server does not support this structured-output mode: step down and remember.
-                message = str(exc).lower()
+                # (a Content-Type echoed in the error body says nothing about structured output)
+                message = str(exc).lower().replace("application/json", "")
                 if fmt is not None and self.structured == "auto" and any(
                     word in message for word in ("response_format", "schema", "json")
                 ):
                     self._mode = "json" if self._mode == "schema" else "none"
                     continue
-                raise ProviderRequestError(f"request rejected: {exc.message}") from None
+                raise request_failed(f"request rejected: {excerpt(exc.message, 500)}") from None
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                self._refused = self._auth_refused(exc, "the request")
+                raise self._refused from None
             except openai.APIConnectionError as exc:
-                raise ProviderRequestError(f"connection failed: {exc}") from None
+                raise request_failed(f"connection failed: {exc}") from None
             except openai.APIStatusError as exc:
-                raise ProviderRequestError(f"HTTP {exc.status_code}: {exc.message}") from None
-        choice = resp.choices[0] if resp.choices else None
-        text = (choice.message.content if choice and choice.message else "") or ""
-        usage = resp.usage
+                raise request_failed(f"HTTP {exc.status_code}: {excerpt(exc.message, 500)}") from None
+            except openai.APIResponseValidationError as exc:
+                raise request_failed(f"the server's reply is not a chat completion: {excerpt(exc.message)}") from None
+            except openai.APIError as exc:
+                raise request_failed(f"the request failed: {excerpt(exc.message)}") from None
+            except ValueError as exc:  # json.JSONDecodeError: a 200 whose JSON body does not parse
+                raise request_failed(f"the server's reply is not valid JSON ({excerpt(exc, 120)})") from None
+        return self._completion(resp)
+
+    def _completion(self, resp) -> Completion:
+        """A Completion from a chat reply, or a ProviderRequestError saying what is wrong with it."""
+        if isinstance(resp, str):  # the client hands back the raw text of a non-JSON reply
+            kind = "an HTML page" if "<html" in resp[:2000].lower() else "not JSON"
+            raise request_failed(f"the server's reply is {kind}, not a chat completion: {excerpt(resp)}")
+        extra = getattr(resp, "model_extra", None) or {}
+        error = extra.get("error") if isinstance(extra, dict) else None
+        choices = getattr(resp, "choices", None)
+        if error is not None:
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise request_failed(f"the server answered with an error: {excerpt(message)}")
+        if not isinstance(choices, list) or not choices:
+            raise request_failed("the server's reply has no choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        finish = getattr(choice, "finish_reason", None)
+        detail = f" (finish_reason: {finish})" if finish and finish != "stop" else ""
+        refusal = getattr(message, "refusal", None) if message is not None else None
+        if refusal:
+            detail += f" (refusal: {excerpt(refusal)})"
+        text = reply_text(getattr(message, "content", None) if message is not None else None,
+                          self.max_reply_chars, detail)
+        usage = getattr(resp, "usage", None)
         cost = getattr(usage, "cost", None) if usage else None
+        prompt_tokens = getattr(usage, "prompt_tokens", 0) if usage else 0
+        completion_tokens = getattr(usage, "completion_tokens", 0) if usage else 0
         return Completion(
             text,
-            getattr(usage, "prompt_tokens", 0) or 0,
-            getattr(usage, "completion_tokens", 0) or 0,
+            prompt_tokens if isinstance(prompt_tokens, int) else 0,
+            completion_tokens if isinstance(completion_tokens, int) else 0,
             float(cost) if isinstance(cost, (int, float)) else None,
         )
 

@@ -17,6 +17,19 @@ the same requests fail whatever order concurrent clients send them in, and a ret
   prose       add a sentence of prose before and after the JSON
   http429     answer HTTP 429 with Retry-After: 0
   http500     answer HTTP 500
+  http401     answer HTTP 401 (key rejected), as OpenRouter does for chat with a bad key
+  http403     answer HTTP 403 (key lacks access)
+  echoauth    answer HTTP 400 whose error message echoes the request's headers, Authorization
+              included (as some proxies and debug servers do)
+  html200     answer HTTP 200 with an HTML page (Content-Type: text/html), as a captive proxy does
+  notjson200  answer HTTP 200, Content-Type: application/json, with a body that is not JSON
+  error200    answer HTTP 200 whose body is only an error object ({"error": {"message": ...}};
+              Ollama: {"error": "..."})
+  emptychoices  answer HTTP 200 with no choices (Ollama: no message)
+  nullcontent answer HTTP 200 whose message content is null
+  huge        answer with a reply of HUGE_REPLY_CHARS characters (over any sane size cap)
+The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)`` instead makes every
+request (models and tags too) without ``Authorization: Bearer <api_key>`` fail with ``auth_status``.
 
 Closed-book questions (no excerpt in the prompt, as `datakeg eval` sends them) are answered from
 the server's ``answers`` table ("I do not know." otherwise); a judge prompt gets score 5 when the
@@ -35,7 +48,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500")
+FAULTS = ("fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
+          "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
+          "huge")
+HUGE_REPLY_CHARS = 1_200_000  # characters of the ``huge`` reply (datakeg refuses replies over 1 MB)
+HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad Gateway</h1>"
+             "<p>The proxy received an invalid response from an upstream server.</p></body></html>\n")
 DEFAULT_MODELS = ("qwen2.5:3b", "fake-model")
 
 _EXCERPT = re.compile(r"<excerpt>\n(.*?)\n</excerpt>", re.DOTALL)
@@ -137,12 +155,15 @@ class FakeLLMServer:
     """In-process server: ``with FakeLLMServer(faults=["fence"]) as srv: srv.url ...``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, faults=None, latency: float = 0.0,
-                 models=DEFAULT_MODELS, answers: dict[str, str] | None = None):
+                 models=DEFAULT_MODELS, answers: dict[str, str] | None = None, api_key: str | None = None,
+                 auth_status: int = 401):
         self.faults = parse_faults(faults)
+        self.api_key = api_key  # when set, every request must carry "Authorization: Bearer <api_key>"
+        self.auth_status = auth_status
         self.answers = dict(answers or {})  # closed-book question -> answer, per model: {"model\x00q": a}
         self.latency = latency
         self.models = list(models)
-        self.requests: list[dict] = []  # every chat request body received, in order
+        self.requests: list[dict] = []  # every chat request received, in order: path, body, faults hit
         self.lock = threading.Lock()
         self.chat_count = 0
         self.seen: dict[int, int] = {}
@@ -209,7 +230,56 @@ class FakeLLMServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _send_raw(self, status: int, data: bytes, content_type: str):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _auth_refused(self) -> bool:
+                """Answer ``auth_status`` (and return True) when an api_key is required and not sent."""
+                if server.api_key is None or self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                    return False
+                if self.command == "POST":  # the body must be read even when refused (keep-alive)
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                message = "Incorrect API key provided" if server.auth_status == 401 else "Forbidden"
+                self._send(server.auth_status, {"error": {"message": message, "type": "invalid_request_error",
+                                                          "code": "invalid_api_key"}}
+                           if self.path.startswith("/v1") else {"error": message.lower()})
+                return True
+
+            def _fault_reply(self, active: set[str], ollama: bool) -> bool:
+                """Send the reply of an HTTP-level fault, if one is active; True when sent."""
+                def error(message, **extra):
+                    return {"error": message} if ollama else {"error": {"message": message, **extra}}
+
+                if "http401" in active:
+                    self._send(401, error("Incorrect API key provided: sk-abc...xyz", code="invalid_api_key"))
+                elif "http403" in active:
+                    self._send(403, error("This key is not allowed to use this model", code="forbidden"))
+                elif "http429" in active:
+                    self._send(429, error("rate limited"), {"Retry-After": "0"})
+                elif "http500" in active:
+                    self._send(500, error("internal error"))
+                elif "echoauth" in active:
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    self._send(400, error(f"invalid request; Authorization: {self.headers.get('Authorization')}"
+                                          f" (request headers: {json.dumps(headers)})"))
+                elif "html200" in active:
+                    self._send_raw(200, HTML_PAGE.encode(), "text/html; charset=utf-8")
+                elif "notjson200" in active:
+                    self._send_raw(200, b'{"id": "chatcmpl-1", "choices": [{"message": {"content": "{\\"pa',
+                                   "application/json")
+                elif "error200" in active:
+                    self._send(200, error("upstream model failed: out of memory", code=502))
+                else:
+                    return False
+                return True
+
             def do_GET(self):
+                if self._auth_refused():
+                    return
                 if self.path.rstrip("/") == "/v1/models":
                     self._send(200, {"object": "list", "data": [
                         {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in server.models]})
@@ -224,6 +294,8 @@ class FakeLLMServer:
                     self._send(404, {"error": f"not found: {self.path}"})
 
             def do_POST(self):
+                if self._auth_refused():
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")
@@ -232,15 +304,13 @@ class FakeLLMServer:
                 if self.path not in ("/v1/chat/completions", "/api/chat"):
                     return self._send(404, {"error": f"not found: {self.path}"})
                 ollama = self.path == "/api/chat"
-                with server.lock:
-                    server.requests.append({"path": self.path, "body": body})
                 n, active = server._active_faults(body)
+                with server.lock:
+                    server.requests.append({"path": self.path, "body": body, "faults": sorted(active)})
                 if server.latency:
                     time.sleep(server.latency)
-                if "http429" in active:
-                    return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
-                if "http500" in active:
-                    return self._send(500, {"error": {"message": "internal error"}})
+                if self._fault_reply(active, ollama):
+                    return
                 model = body.get("model")
                 if ollama and model not in server.models:
                     return self._send(404, {"error": f"model '{model}' not found, try pulling it first"})
@@ -252,16 +322,21 @@ class FakeLLMServer:
                     text = answer_prompt(prompt, reasoning, active)
                 else:
                     text = closed_book(messages, model, server.answers)
+                if "huge" in active:
+                    text += " " * (HUGE_REPLY_CHARS - len(text))
                 ptok, ctok = max(1, len(prompt) // 4), max(1, len(text) // 4)
+                message = {"role": "assistant", "content": None if "nullcontent" in active else text}
                 if ollama:
-                    return self._send(200, {
-                        "model": model, "created_at": "2026-01-01T00:00:00Z",
-                        "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop",
-                        "prompt_eval_count": ptok, "eval_count": ctok})
+                    reply = {"model": model, "created_at": "2026-01-01T00:00:00Z", "message": message,
+                             "done": True, "done_reason": "stop", "prompt_eval_count": ptok, "eval_count": ctok}
+                    if "emptychoices" in active:
+                        del reply["message"]
+                    return self._send(200, reply)
+                choices = [] if "emptychoices" in active else [
+                    {"index": 0, "finish_reason": "stop", "message": message}]
                 return self._send(200, {
                     "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": model,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
+                    "choices": choices,
                     "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}})
 
         return Handler
@@ -273,8 +348,11 @@ def main(argv=None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--fault", action="append", default=[], help="fault to inject, e.g. fence or malformed:3")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each chat reply")
+    ap.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    ap.add_argument("--auth-status", type=int, default=401, help="status of a request without the key (401/403)")
     args = ap.parse_args(argv)
-    srv = FakeLLMServer(args.host, args.port, args.fault, args.latency)
+    srv = FakeLLMServer(args.host, args.port, args.fault, args.latency, api_key=args.api_key,
+                        auth_status=args.auth_status)
     print(f"fake LLM server on http://{args.host}:{srv.port}  (OpenAI: --base-url {srv.url}; "
           f"Ollama: OLLAMA_HOST={srv.ollama_host})", flush=True)
     try:
