@@ -200,4 +200,7 @@ class Reject:
     similarity: float | None = None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The JSONL record, every text scrubbed of keys (a reply or error body may echo one)."""
+        from datakeg.secrets import scrub
+
+        return {k: scrub(v) if isinstance(v, str) else v for k, v in self.__dict__.items() if v is not None}

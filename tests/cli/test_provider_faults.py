@@ -139,8 +139,9 @@ def test_refused_key_on_chat_stops_the_run_at_once_with_exit_3(tmp_path, provide
     assert ("OPENAI_API_KEY" if provider == "openai" else "OLLAMA_API_KEY") in printed
     assert chat_requests <= 2  # one per request slot at most, not one per chunk (TESTDOC has ~15 requests)
     assert SECRET not in printed
-    t_path = tmp_path / "o" / "manifest.json"
-    assert not t_path.exists()  # stopped: no manifest claims a finished run
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and f"HTTP {status}" in manifest["stop_reason"]  # never "complete"
+    assert SECRET not in (tmp_path / "o" / "manifest.json").read_text()
 
 
 def test_refused_key_on_chat_names_the_variable_when_unset(tmp_path):
