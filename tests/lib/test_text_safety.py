@@ -1,0 +1,206 @@
+"""Text safety at the library level: JSONL that survives any text, no silent data loss, decoding,
+reply parsing and prompt delimiting."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from datakeg import jsonl
+from datakeg.audit import audit_dir
+from datakeg.convert import TARGETS, convert_file
+from datakeg.errors import ConfigError
+from datakeg.records import Pair, from_row, to_conversation, to_row
+from datakeg.validate import validate_file
+from datakeg.writers import SPLITS, atomic_write_jsonl, merge, per_file_path
+
+# every character str.splitlines() splits on besides "\n"
+SEPARATORS = ["\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+NASTY = "".join(SEPARATORS) + "\x00\x01\x1f\x7f\"\\\t\n"
+
+
+def _write_out(out: Path, stems_rows: dict[str, dict[str, list[Pair]]]) -> None:
+    """A datakeg-like output folder: per-file outputs, then the merged files."""
+    for stem, splits in stems_rows.items():
+        for split in SPLITS:
+            atomic_write_jsonl(per_file_path(out, stem, split), [to_row(p) for p in splits.get(split, [])])
+    merge(out)
+
+
+def _pairs(path: Path) -> list[Pair]:
+    return [from_row(v) for _, v, _ in jsonl.load_rows(path)]
+
+
+# --------------------------------------------------------------------------- 1. the JSONL module
+def test_dumps_line_is_one_line():
+    rows = [{"q": f"a{sep}b", "i": i} for i, sep in enumerate(SEPARATORS + ["\x00", "\n"])]
+    lines = [jsonl.dumps_line(r) for r in rows]
+    assert all("\n" not in line for line in lines)
+    assert any("\u2028" in line for line in lines)  # left raw by ensure_ascii=False ...
+
+
+def test_jsonl_round_trip_of_every_separator(tmp_path):
+    rows = [{"q": f"a{sep}b{sep}", "i": i} for i, sep in enumerate(SEPARATORS + ["\x00", "\n", "\r\n"])]
+    path = tmp_path / "x.jsonl"
+    assert jsonl.write_rows(path, rows) == len(rows)
+    got = list(jsonl.read_rows(path))
+    assert [e for _, _, e in got] == [None] * len(rows)
+    assert [v for _, v, _ in got] == rows  # ... and still read back as one row each
+    assert [n for n, _ in jsonl.iter_lines(path)] == list(range(1, len(rows) + 1))
+    assert [v for _, v, _ in jsonl.load_rows(path)] == rows
+
+
+def test_jsonl_lone_surrogates_are_escaped(tmp_path):
+    row = {"q": json.loads('"x\\ud800y"')}  # what json.loads makes of a model's "\ud800"
+    path = tmp_path / "x.jsonl"
+    jsonl.write_rows(path, [row])
+    assert b"\\ud800" in path.read_bytes()
+    assert [v for _, v, _ in jsonl.read_rows(path)] == [row]
+    atomic_write_jsonl(path, [row, row])  # what generate writes rows with: used to raise UnicodeEncodeError
+    assert [v for _, v, _ in jsonl.read_rows(path)] == [row, row]
+
+
+def test_jsonl_reports_bad_lines_and_keeps_reading(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\n  \t\n\x1c\n{"a": \n\xff\xfe\n{"a": 2}')
+    got = list(jsonl.read_rows(path))
+    assert [(n, v) for n, v, e in got if e is None] == [(1, {"a": 1}), (7, {"a": 2})]
+    errors = {n: e for n, _, e in got if e}
+    assert set(errors) == {4, 5, 6}  # "\x1c" alone is not a blank line: it is reported
+    assert "UTF-8" in errors[6]
+    with pytest.raises(jsonl.JsonlError) as exc:
+        jsonl.load_rows(path)
+    assert exc.value.lineno == 4
+
+
+def test_jsonl_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        jsonl.dumps_line({"x": float("nan")})
+
+
+def test_write_rows_is_atomic(tmp_path):
+    path = tmp_path / "x.jsonl"
+    jsonl.write_rows(path, [{"a": 1}])
+
+    def rows():
+        yield {"a": 2}
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        jsonl.write_rows(path, rows())
+    assert path.read_text(encoding="utf-8") == '{"a": 1}\n'
+    assert os.listdir(tmp_path) == ["x.jsonl"]  # no temp file left behind
+
+
+def test_merge_keeps_rows_holding_unicode_line_separators(tmp_path):
+    """Regression: merge split per-file outputs with str.splitlines(), cutting such rows in two."""
+    pairs = [Pair(f"What does{sep}it do?", f"It{sep}works.") for sep in SEPARATORS]
+    _write_out(tmp_path, {"doc": {"train": pairs, "valid": pairs[:2], "test": pairs[2:3]}})
+    assert _pairs(tmp_path / "train.jsonl") == pairs
+    assert validate_file(tmp_path / "train.jsonl").problems == []
+
+
+def test_audit_dir_reads_rows_holding_unicode_line_separators(tmp_path):
+    """Regression: audit_dir split with str.splitlines() and crashed on (or lost) such rows."""
+    train = [Pair(f"How do I install datakeg{sep} on Linux?", "pip install datakeg") for sep in SEPARATORS]
+    valid = [Pair("How do I install datakeg\u2028 on Linux?", "pip install datakeg"),
+             Pair("Which\u2029 port does the server use?", "8000")]
+    _write_out(tmp_path, {"doc": {"train": train, "valid": valid, "test": [Pair("Why\x85 so?", "Because.")]}})
+    hits, removed = audit_dir(tmp_path, 0.9, remove=True)
+    assert [(h[0], h[1]) for h in hits] == [("valid", 1)]
+    assert removed == 1
+    assert _pairs(tmp_path / "doc_valid.jsonl") == valid[1:]
+    assert _pairs(tmp_path / "valid.jsonl") == valid[1:]
+    assert _pairs(tmp_path / "train.jsonl") == train
+
+
+# --------------------------------------------------------------------------- 2. property-based round trip
+_text = st.text(
+    alphabet=st.one_of(st.characters(blacklist_categories=("Cs",)), st.sampled_from(list(NASTY))),
+    min_size=1, max_size=40,
+).filter(lambda s: s.strip())
+_pair = st.builds(Pair, _text, _text)
+# one ordinary pair per split so the TF-IDF audit has words to work with (see the xfail test below)
+_ANCHOR = Pair("How do I install datakeg on Linux?", "Run pip install datakeg.")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(SPLITS), st.lists(_pair, max_size=6)),
+       st.lists(_pair, max_size=4))
+def test_any_text_round_trips_through_write_merge_convert_validate_audit(tmp_path_factory, first, second):
+    out = tmp_path_factory.mktemp("out")
+    docs = {"a": {s: [_ANCHOR] + first.get(s, []) for s in SPLITS}, "sub/b": {"train": second}}
+    _write_out(out, docs)
+    expect = {s: [p for d in docs.values() for p in d.get(s, [])] for s in SPLITS}
+    for split in SPLITS:
+        merged = out / f"{split}.jsonl"
+        assert _pairs(merged) == expect[split]
+        # convert to chat rows and read them back
+        dst = out / f"{split}.messages.jsonl"
+        report = convert_file(merged, dst, TARGETS["messages"])
+        assert report.skipped == [] and report.rows == len(expect[split])
+        assert [to_conversation(v, "chat").first_pair() for _, v, _ in jsonl.load_rows(dst)] == expect[split]
+        vr = validate_file(dst)
+        assert vr.problems == [] and vr.rows == len(expect[split])
+        vr = validate_file(merged)
+        assert vr.problems == [] and vr.rows == len(expect[split])
+    before = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
+    hits, removed = audit_dir(out, threshold=2.0, remove=True)  # no similarity reaches 2: nothing leaks
+    assert hits == [] and removed == 0
+    assert {p.name: p.read_bytes() for p in out.glob("*.jsonl")} == before
+
+
+@pytest.mark.xfail(reason="audit.leaking() (not owned here) raises 'empty vocabulary' when no question "
+                          "holds a word character", strict=False)
+def test_leaking_questions_without_words():
+    from datakeg.audit import leaking
+
+    assert leaking(["\x00\x01"], ["!!"], 0.9) == []
+
+
+# --------------------------------------------------------------------------- 3. never destroy data
+def test_merge_refuses_when_there_are_no_per_file_outputs(tmp_path):
+    """Regression: merge on a folder holding only train/valid/test.jsonl wrote all three empty."""
+    for split in SPLITS:
+        jsonl.write_rows(tmp_path / f"{split}.jsonl", [to_row(Pair(f"{split} q?", "a"))])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError) as exc:
+        merge(tmp_path)
+    assert exc.value.exit_code == 2
+    assert "no per-file outputs" in exc.value.message and "empty" in exc.value.message
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_merge_refuses_when_the_manifest_lists_missing_outputs(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": [{"output": "gone"}]}), encoding="utf-8")
+    jsonl.write_rows(tmp_path / "train.jsonl", [to_row(Pair("q?", "a"))])
+    with pytest.raises(ConfigError, match="lists 1 file"):
+        merge(tmp_path)
+    assert len(jsonl.load_rows(tmp_path / "train.jsonl")) == 1
+
+
+def test_merge_stops_at_a_bad_per_file_line_without_writing(tmp_path):
+    _write_out(tmp_path, {"a": {"train": [Pair("q1?", "a1")]}, "b": {"train": [Pair("q2?", "a2")]}})
+    with open(tmp_path / "b_train.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"prompt": "torn\n')
+    before = (tmp_path / "train.jsonl").read_bytes()
+    with pytest.raises(jsonl.JsonlError) as exc:
+        merge(tmp_path)
+    assert exc.value.lineno == 2 and "b_train.jsonl" in exc.value.message
+    assert (tmp_path / "train.jsonl").read_bytes() == before
+
+
+def test_audit_remove_refuses_when_there_are_no_per_file_outputs(tmp_path):
+    q = "How do I install datakeg on Linux?"
+    for split in SPLITS:
+        jsonl.write_rows(tmp_path / f"{split}.jsonl", [to_row(Pair(q, "pip install datakeg"))])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match="no per-file outputs"):
+        audit_dir(tmp_path, 0.9, remove=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    hits, removed = audit_dir(tmp_path, 0.9)  # reporting alone still works
+    assert len(hits) == 2 and removed == 0
