@@ -444,7 +444,10 @@ def merge(out):
     """
     from datakeg.writers import merge as do_merge
 
-    counts = do_merge(out)
+    try:
+        counts = do_merge(out)
+    except DatakegError as exc:
+        _fail(exc)
     click.echo("Merged: " + ", ".join(f"{k}.jsonl {v} rows" for k, v in counts.items()))
 
 
