@@ -46,3 +46,36 @@ def test_audit_remove_refuses_a_folder_without_per_file_outputs(tmp_path):
     assert result.exit_code == 2, result.output
     assert "no per-file outputs" in result.output
     assert _snapshot(tmp_path) == before
+
+
+def test_generate_reads_odd_names_and_encodings(server, tmp_path):
+    """A non-UTF-8 file name, a UTF-16 file and a short Latin-1 file all become documents; the
+    manifest (JSON) holds their names."""
+    import json
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    body = "# Café\n\nLe café est prêt. Déjà vu à Noël. La fenêtre est ouverte, où est le garçon ?\n"
+    (src / "utf16.md").write_bytes(b"\xff\xfe" + body.encode("utf-16-le"))
+    (src / "latin1.md").write_bytes(body.encode("latin-1"))
+    odd = b"caf\xe9.md"
+    try:
+        with open(os.path.join(os.fsencode(src), odd), "wb") as fh:
+            fh.write(body.encode("utf-8"))
+    except OSError:
+        odd = None
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["generate", str(src), str(out), "-p", "openai", "--base-url", server.url, "-q",
+                                      "--language", "French"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    files = {f["path"]: f for f in manifest["files"]}
+    assert manifest["skipped"] == []
+    assert files["utf16.md"]["encoding"] == "utf-16-le"
+    assert files["latin1.md"]["encoding"] == "cp1252"
+    if odd:
+        assert "caf%E9.md" in files
+    rows = [v for _, v, _ in jsonl.load_rows(out / "train.jsonl")]
+    assert any("prêt" in json.dumps(r, ensure_ascii=False) for r in rows)
+    assert not any("prźt" in json.dumps(r, ensure_ascii=False) for r in rows)

@@ -204,3 +204,111 @@ def test_audit_remove_refuses_when_there_are_no_per_file_outputs(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     hits, removed = audit_dir(tmp_path, 0.9)  # reporting alone still works
     assert len(hits) == 2 and removed == 0
+
+
+# --------------------------------------------------------------------------- 4. decoding and discovery
+FRENCH = "Le café est prêt. Déjà vu à Noël.\nLa fenêtre est ouverte, où est le garçon ?\nÇa coûte trois euros.\n"
+
+
+@pytest.mark.parametrize("bom, codec, name", [
+    (b"\xff\xfe", "utf-16-le", "utf-16-le"), (b"\xfe\xff", "utf-16-be", "utf-16-be"),
+    (b"\xff\xfe\x00\x00", "utf-32-le", "utf-32-le"), (b"\xef\xbb\xbf", "utf-8", "utf-8"),
+])
+def test_decode_text_with_a_byte_order_mark(bom, codec, name):
+    """Regression: UTF-16 files (NUL bytes) were skipped as binary."""
+    from datakeg.discovery import decode
+
+    assert decode(bom + FRENCH.encode(codec)) == (FRENCH, name)
+
+
+def test_decode_short_latin1_french():
+    """Regression: charset-normalizer took this for cp1257 ("prźt", "Déją")."""
+    from datakeg.discovery import decode
+
+    text, encoding = decode(FRENCH.encode("latin-1"))
+    assert text == FRENCH and encoding == "cp1252"
+    assert decode("Le café est prêt.\n".encode("latin-1"))[0] == "Le café est prêt.\n"
+
+
+@pytest.mark.parametrize("text, codec", [
+    ("Dobrý den, jak se máte? Tohle je krátký český text o počítačích a síti.\n", "cp1250"),
+    ("Zażółć gęślą jaźń. To jest krótki polski tekst o komputerach.\n", "cp1250"),
+    ("Привет, как дела? Это короткий русский текст о компьютерах.\n", "cp1251"),
+    ("Καλημέρα, τι κάνεις; Αυτό είναι ένα σύντομο ελληνικό κείμενο.\n", "cp1253"),
+    ("¿Dónde está la estación? Mañana iré con mi niño.\n", "cp1252"),
+    ("Price: 5 € only, “quoted” text.\n", "cp1252"),
+])
+def test_decode_other_legacy_code_pages_still_work(text, codec):
+    from datakeg.discovery import decode
+
+    assert decode(text.encode(codec))[0] == text
+
+
+def test_decode_still_refuses_binary():
+    from datakeg.discovery import decode
+
+    with pytest.raises(ValueError, match="binary"):
+        decode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="bytes file names are a POSIX thing")
+def test_non_utf8_file_names_are_read(tmp_path):
+    """Regression: a relpath holding surrogate escapes could not be written to JSON (manifest)."""
+    from datakeg.discovery import output_stems, read_documents
+
+    src = tmp_path / "src"
+    src.mkdir()
+    try:
+        with open(os.path.join(os.fsencode(src), b"caf\xe9.md"), "wb") as fh:
+            fh.write("# Café\n\nThe café opens at nine.\n".encode("utf-8"))
+    except OSError as exc:  # a file system that insists on UTF-8 names
+        pytest.skip(f"cannot create a non-UTF-8 file name here: {exc}")
+    (src / "plain.md").write_text("# Plain\n\nText.\n", encoding="utf-8")
+    docs, skipped = read_documents(src)
+    assert skipped == []
+    assert [d.relpath for d in docs] == ["caf%E9.md", "plain.md"]
+    assert docs[0].text.startswith("# Café")
+    json.dumps([d.relpath for d in docs], ensure_ascii=False).encode("utf-8")  # usable in JSON
+    assert output_stems([d.relpath for d in docs])["caf%E9.md"] == "caf%E9"
+
+
+def test_unreadable_folders_are_reported(tmp_path):
+    """Regression: os.walk dropped folders it could not list without a word."""
+    from datakeg.discovery import read_documents
+
+    src = tmp_path / "src"
+    (src / "locked").mkdir(parents=True)
+    (src / "locked" / "secret.md").write_text("# Secret\n\nText.\n", encoding="utf-8")
+    (src / "open.md").write_text("# Open\n\nText.\n", encoding="utf-8")
+    (src / "locked").chmod(0)
+    try:
+        if os.access(src / "locked", os.R_OK):
+            pytest.skip("running as a user that chmod cannot lock out (root)")
+        docs, skipped = read_documents(src)
+    finally:
+        (src / "locked").chmod(0o755)
+    assert [d.relpath for d in docs] == ["open.md"]
+    assert [s.relpath for s in skipped] == ["locked/"]
+    assert "unreadable folder" in skipped[0].reason
+
+
+def test_unreadable_folders_are_reported_even_as_root(tmp_path, monkeypatch):
+    """The same, with the listing failure simulated so it also runs where chmod does not block."""
+    from datakeg.discovery import read_documents
+
+    src = tmp_path / "src"
+    (src / "locked").mkdir(parents=True)
+    (src / "locked" / "secret.md").write_text("# Secret\n\nText.\n", encoding="utf-8")
+    (src / "open.md").write_text("# Open\n\nText.\n", encoding="utf-8")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    docs, skipped = read_documents(src)
+    assert [d.relpath for d in docs] == ["open.md"]
+    assert [(s.relpath, s.reason) for s in skipped] == [
+        ("locked/", "unreadable folder (Permission denied); its files were not read")]
