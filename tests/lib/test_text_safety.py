@@ -312,3 +312,59 @@ def test_unreadable_folders_are_reported_even_as_root(tmp_path, monkeypatch):
     assert [d.relpath for d in docs] == ["open.md"]
     assert [(s.relpath, s.reason) for s in skipped] == [
         ("locked/", "unreadable folder (Permission denied); its files were not read")]
+
+
+# --------------------------------------------------------------------------- 5. reply parsing
+_QA = '{"pairs": [{"question": "What is X?", "answer": "X is Y."}]}'
+
+
+@pytest.mark.parametrize("reply", [
+    f"See [1] for details.\n{_QA}",
+    f"[1]\n{_QA}",
+    f"[]\n{_QA}",
+    f"Notes: [] and [see below] and {{braces}}.\n{_QA}\n[2] footnote",
+    f'[1] [{{"question": "What is X?", "answer": "X is Y."}}]',
+    f'[{{"pairs": [{{"question": "What is X?", "answer": "X is Y."}}]}}]',
+    f"```\n[1]\n```\n{_QA}",
+    "See [1].\n{'pairs': [{'question': 'What is X?', 'answer': 'X is Y.'}]}",  # [1], then almost-JSON
+    "[]\n{'pairs': [{'question': 'What is X?', 'answer': 'X is Y.'},]}",
+])
+def test_stray_brackets_never_hide_pairs(reply):
+    """Regression: the first array found ([1] or []) was taken as "the reply holds no pairs"."""
+    from datakeg.parsing import parse_pairs
+
+    assert parse_pairs(reply) == [Pair("What is X?", "X is Y.")]
+
+
+@pytest.mark.parametrize("reply", ["[1]", "[]", "see [1]", '{"data": [1, 2]}', '[{"foo": 1}]', '{"pairs": [1]}'])
+def test_replies_without_pairs_are_unparseable(reply):
+    """Regression: "[1]" and "[]" came back as an empty list, not as an unparseable reply."""
+    from datakeg.parsing import ParseError, parse_pairs
+
+    with pytest.raises(ParseError):
+        parse_pairs(reply)
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ('{"pairs": [{"question": "A?", "answer": "a"}, {"question": "B?", "answer": "b"}, {"question": "C?", "ans',
+     [("A?", "a"), ("B?", "b")]),  # truncated: the cut-off pair is dropped
+    ('{"pairs": [{"question": "A?", "answer": "a"}, {"question": "B?", "answer": "b"', [("A?", "a"), ("B?", "b")]),
+    ("{'pairs': [{'question': 'A?', 'answer': 'a'}]}", [("A?", "a")]),  # single quotes
+    ('{"pairs": [{"question": "A?", "answer": "a",},],}', [("A?", "a")]),  # trailing commas
+    ('Sure:\n{"pairs": [{"question": "A?", "answer": "a"}, {"question": "B?", "answer": "b"}\nDone.',
+     [("A?", "a"), ("B?", "b")]),  # missing closing brackets, prose after
+    ('{"pairs": [{"question": "Why "quotes"?", "answer": "Because."}]}', [('Why "quotes"?', "Because.")]),
+])
+def test_almost_json_is_repaired(reply, expected):
+    from datakeg.parsing import parse_pairs
+
+    assert [(p.question, p.answer) for p in parse_pairs(reply)] == expected
+
+
+def test_repair_keeps_garbage_unparseable():
+    from datakeg.parsing import ParseError, parse_pairs
+
+    for reply in ('{"pairs": [{"question": "Unterminated, "answer": {"pairs": [{"que',  # the fake server's "malformed"
+                  '{"pairs": [{"question": "x", ', "I cannot help with that."):
+        with pytest.raises(ParseError):
+            parse_pairs(reply)
