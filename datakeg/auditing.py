@@ -67,42 +67,51 @@ def audit_dir(out, threshold: float, remove: bool = False):
     """Audit OUT's merged files. Returns ([(split, line, question, train question, score)], removed).
 
     With ``remove``, the leaking rows are taken out of the per-file valid/test files and the
-    merged files are rebuilt."""
-    import json
+    merged files are rebuilt; ``removed`` counts the rows taken out, the only rows any file loses.
+    ``remove`` refuses (``ConfigError``, nothing changed) when OUT holds no per-file outputs, since
+    the merged files could then not be rebuilt. Every JSONL line is read with ``datakeg.jsonl``; a
+    line that is not valid JSON stops the audit (``JsonlError``) rather than being skipped."""
     from pathlib import Path
 
-    from datakeg.errors import DatakegError
+    from datakeg.errors import ConfigError, DatakegError
+    from datakeg.jsonl import load_rows, write_lines
     from datakeg.records import from_row
-    from datakeg.writers import atomic_write_text, merge, per_file_path, per_file_stems
+    from datakeg.writers import SPLITS, merge, per_file_path, per_file_stems
 
     out = Path(out)
     if not (out / "train.jsonl").exists():
         raise DatakegError(f"{out} has no train.jsonl", "Point it at a datakeg output folder.")
+    stems = per_file_stems(out)
+    if remove and not any(per_file_path(out, stem, split).exists() for stem in stems for split in SPLITS):
+        raise ConfigError(
+            f"{out} holds no per-file outputs (<name>_train.jsonl, <name>_valid.jsonl, <name>_test.jsonl); "
+            "--remove takes the leaking rows out of them and rebuilds train.jsonl, valid.jsonl and test.jsonl "
+            "from them, so it would empty the merged files.",
+            "Nothing was changed. Run without --remove to only report, or point it at an output folder of "
+            "`datakeg generate`.")
 
-    def questions(path: Path) -> list[str]:
-        if not path.exists():
-            return []
-        return [from_row(json.loads(line)).question for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+    def questions(path: Path) -> tuple[list[int], list[str]]:
+        rows = load_rows(path) if path.exists() else []
+        return [lineno for lineno, _, _ in rows], [from_row(value).question for _, value, _ in rows]
 
-    train = questions(out / "train.jsonl")
+    _, train = questions(out / "train.jsonl")
     hits, leaked = [], {}
     for split in ("valid", "test"):
-        qs = questions(out / f"{split}.jsonl")
+        linenos, qs = questions(out / f"{split}.jsonl")
         for idx, score, t in leaking(train, qs, threshold):
-            hits.append((split, idx + 1, qs[idx], train[t], score))
+            hits.append((split, linenos[idx], qs[idx], train[t], score))
             leaked.setdefault(split, set()).add(qs[idx])
     removed = 0
     if remove and hits:
-        for stem in per_file_stems(out):
+        for stem in stems:
             for split, bad in leaked.items():
                 path = per_file_path(out, stem, split)
                 if not path.exists():
                     continue
-                lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-                keep = [l for l in lines if from_row(json.loads(l)).question not in bad]
-                removed += len(lines) - len(keep)
-                if len(keep) != len(lines):
-                    atomic_write_text(path, (l + "\n" for l in keep))
+                rows = load_rows(path)
+                keep = [raw for _, value, raw in rows if from_row(value).question not in bad]
+                removed += len(rows) - len(keep)
+                if len(keep) != len(rows):
+                    write_lines(path, keep)
         merge(out)
     return hits, removed

@@ -8,13 +8,13 @@ with jinja2 in the tests; this module does not copy them.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datakeg.errors import DatakegError
+from datakeg.jsonl import read_rows
 from datakeg.records import SHAPES, Conversation, ShapeError, detect_shape, to_conversation
 
 DETECT_SAMPLE = 200  # rows looked at to detect a file's shape
@@ -174,29 +174,10 @@ def custom_target(path: Path) -> Target:
 
 # --------------------------------------------------------------------------- reading
 def iter_rows(path: Path) -> Iterator[tuple[int, object | None, str | None]]:
-    """(line number, decoded value or None, error or None) for each non-empty line of a JSONL
-    file, streamed; a JSON array file (first character "[") is read whole, one element per row."""
-    with open(path, encoding="utf-8") as fh:
-        head = fh.read(1)
-        while head and head.isspace():
-            head = fh.read(1)
-        fh.seek(0)
-        if head == "[":
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as exc:
-                yield exc.lineno, None, f"invalid JSON array: {exc.msg}"
-                return
-            for i, value in enumerate(data, 1):
-                yield i, value, None
-            return
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+    """(line number, decoded value or None, error or None) for each non-blank line of a JSONL
+    file, streamed (``datakeg.jsonl.read_rows``: lines split on "\\n" only); a JSON array file
+    (first character "[") is read whole, one element per row."""
+    return read_rows(path, allow_array=True)
 
 
 def detect_file_shape(path: Path) -> tuple[str | None, Counter]:
@@ -222,7 +203,8 @@ class ConvertReport:
 def convert_file(src: Path, dst: Path, target: Target, source_shape: str | None = None,
                  system_message: str | None = None) -> ConvertReport:
     """Stream ``src`` into ``dst`` (atomically). Bad rows are skipped and reported, never guessed."""
-    from datakeg.writers import atomic_write_text, dumps_line
+    from datakeg.jsonl import dumps_line
+    from datakeg.writers import atomic_write_text
 
     detected, counts = detect_file_shape(src)
     sample = ", ".join(f"{k or 'unknown'} {v}" for k, v in counts.most_common())

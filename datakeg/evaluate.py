@@ -90,12 +90,12 @@ class EvalReport:
 
 
 def load_test_pairs(path: Path, limit: int | None = None) -> list[Pair]:
-    from datakeg.conversion import iter_rows
     from datakeg.errors import DatakegError
+    from datakeg.jsonl import read_rows
     from datakeg.records import ShapeError, detect_shape, to_conversation
 
     pairs = []
-    for lineno, value, error in iter_rows(path):
+    for lineno, value, error in read_rows(path, allow_array=True):
         if error:
             raise DatakegError(f"{path} line {lineno}: {error}", "Check the file with `datakeg validate`.")
         try:

@@ -1,4 +1,7 @@
-"""Check dataset files line by line, and a datakeg output folder for cross-split duplicates."""
+"""Check dataset files line by line, and a datakeg output folder for cross-split duplicates.
+
+Files are read with ``datakeg.jsonl`` (through ``convert.iter_rows``): lines split on "\\n" only,
+every undecodable line reported with its number."""
 
 from __future__ import annotations
 

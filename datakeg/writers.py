@@ -1,5 +1,10 @@
 """Crash-safe output: every file is written to a temp file, fsynced, then renamed into place,
-so a crash or Ctrl+C never leaves a half-written JSONL behind."""
+so a crash or Ctrl+C never leaves a half-written JSONL behind. JSONL goes through
+``datakeg.jsonl`` (lines split on "\n" only, every line valid JSON).
+
+Never destroy data: :func:`merge` refuses (``ConfigError``) rather than rebuild the merged files
+from nothing, and stops at an unreadable per-file line rather than drop it.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from datakeg.jsonl import dumps, load_rows, write_lines, write_rows
+
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
-
-
-def dumps_line(row: dict) -> str:
-    """One JSONL line: valid JSON on a single line whatever the content holds."""
-    return json.dumps(row, ensure_ascii=False)
 
 
 def atomic_write_text(path: Path, chunks: Iterable[str]) -> None:
@@ -37,12 +39,14 @@ def atomic_write_text(path: Path, chunks: Iterable[str]) -> None:
         raise
 
 
-def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, (dumps_line(r) + "\n" for r in rows))
+def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    """Write rows as JSONL atomically (``datakeg.jsonl.write_rows``). Returns the rows written."""
+    return write_rows(path, rows)
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, [json.dumps(obj, ensure_ascii=False, indent=2) + "\n"])
+    # allow_nan: a stray NaN in a report must not lose the manifest at the end of a long run
+    atomic_write_text(path, [dumps(obj, indent=2, allow_nan=True) + "\n"])
 
 
 def per_file_path(out: Path, stem: str, split: str) -> Path:
@@ -65,17 +69,28 @@ def per_file_stems(out: Path) -> list[str]:
 def merge(out: Path) -> dict[str, int]:
     """(Re)build OUT/train.jsonl, valid.jsonl, test.jsonl from the per-file outputs, in order.
 
-    Always writes all three files (an empty split gives an empty file). Returns rows per split.
+    Writes all three files (a split no document has rows for gives an empty file) and returns the
+    rows per split. Refuses with ``ConfigError`` when OUT holds no per-file output at all (the
+    rebuild would empty the merged files), and with ``JsonlError`` at a per-file line that is not
+    valid JSON; in both cases nothing is written. Lines are copied as they are.
     """
+    from datakeg.errors import ConfigError
+
     out = Path(out)
     stems = per_file_stems(out)
-    counts = {}
-    for split in SPLITS:
-        lines: list[str] = []
+    if not any(per_file_path(out, stem, split).exists() for stem in stems for split in SPLITS):
+        listed = (f" ({MANIFEST} lists {len(stems)} file(s), but none of their outputs exist)"
+                  if stems else "")
+        raise ConfigError(
+            f"{out} holds no per-file outputs (<name>_train.jsonl, <name>_valid.jsonl, <name>_test.jsonl)"
+            f"{listed}; merge rebuilds train.jsonl, valid.jsonl and test.jsonl from them, so it would empty them.",
+            "Nothing was changed. Point it at an output folder of `datakeg generate`, which keeps the per-file "
+            "outputs next to the merged files.")
+    merged: dict[str, list[str]] = {}
+    for split in SPLITS:  # read everything first: a bad line stops the merge before anything is written
+        merged[split] = []
         for stem in stems:
             path = per_file_path(out, stem, split)
             if path.exists():
-                lines.extend(line + "\n" for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-        atomic_write_text(out / f"{split}.jsonl", lines)
-        counts[split] = len(lines)
-    return counts
+                merged[split].extend(raw for _, _, raw in load_rows(path))
+    return {split: write_lines(out / f"{split}.jsonl", lines) for split, lines in merged.items()}

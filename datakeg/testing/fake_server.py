@@ -56,7 +56,9 @@ HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>
              "<p>The proxy received an invalid response from an upstream server.</p></body></html>\n")
 DEFAULT_MODELS = ("qwen2.5:3b", "fake-model")
 
-_EXCERPT = re.compile(r"<excerpt>\n(.*?)\n</excerpt>", re.DOTALL)
+# the chunk sits between <excerpt-XXXXXX> and the same closing tag (datakeg.prompts.excerpt_tag);
+# the back-reference keeps a "</excerpt>" written in the document from ending it early
+_EXCERPT = re.compile(r"<(excerpt(?:-[0-9a-f]+)?)>\n(.*?)\n</\1>", re.DOTALL)
 _COUNT = re.compile(r"Write exactly (\d+) new question-answer pair")
 _WORDS = re.compile(r"[^\W_][\w.'/-]*", re.UNICODE)
 
@@ -103,7 +105,7 @@ def avoided(prompt: str) -> list[str]:
 def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     """The reply text for one datakeg prompt, with the active faults applied."""
     m = _EXCERPT.search(prompt)
-    excerpt = m.group(1) if m else prompt
+    excerpt = m.group(2) if m else prompt
     count = int(_COUNT.search(prompt).group(1)) if _COUNT.search(prompt) else 3
     avoid = avoided(prompt)
     avoid_set = set(avoid)
@@ -318,7 +320,7 @@ class FakeLLMServer:
                 prompt = "\n".join(str(m.get("content", "")) for m in messages)
                 fmt = body.get("format") if ollama else body.get("response_format")
                 reasoning = '"reasoning"' in json.dumps(fmt) if fmt else '"reasoning"' in prompt
-                if "<excerpt>" in prompt:
+                if _EXCERPT.search(prompt):
                     text = answer_prompt(prompt, reasoning, active)
                 else:
                     text = closed_book(messages, model, server.answers)

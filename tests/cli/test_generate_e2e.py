@@ -1,6 +1,7 @@
 """End-to-end: the real CLI, the real ollama/openai clients, real HTTP to the fake server."""
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -83,10 +84,10 @@ def test_testdoc_openai_completion_exact_counts(server, tmp_path):
     # every chunk reached its target; per-file targets follow ceil(chars/1000 * 10)
     for f in manifest["files"]:
         assert all(c["delivered"] == c["target"] for c in f["chunks"])
-    # the server saw the schema as structured output, and the chunk in an <excerpt>
+    # the server saw the schema as structured output, and the chunk in an <excerpt-XXXXXX> (prompts.excerpt_tag)
     body = server.requests[0]["body"]
     assert body["response_format"]["type"] == "json_schema"
-    assert "<excerpt>" in body["messages"][1]["content"]
+    assert re.search(r"^<excerpt-[0-9a-f]{6}>$", body["messages"][1]["content"], re.MULTILINE)
 
 
 def test_corpus_over_ollama_chat_format(corpus, tmp_path):
