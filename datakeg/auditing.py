@@ -10,6 +10,8 @@ TF-IDF vectors. Exact repeats (after normalisation) are always caught.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 BLOCK = 4096
 RARE_SHARE = 0.01  # a word in at most 1% of the questions (or 50) is rare enough to pair on
 MIN_SHARED_RARE = 2
@@ -63,55 +65,75 @@ def leaking(train: list[str], candidates: list[str], threshold: float) -> list[t
     return [(int(i), float(best[i]), int(arg[i])) for i in np.nonzero(best >= threshold)[0]]
 
 
-def audit_dir(out, threshold: float, remove: bool = False):
-    """Audit OUT's merged files. Returns ([(split, line, question, train question, score)], removed).
+@dataclass(frozen=True)
+class AuditHit:
+    split: str
+    line: int  # line in the merged <split>.jsonl
+    question: str
+    similar: str  # the kept question it is too close to
+    similar_split: str
+    score: float
+    kind: str  # valid~train, test~train, test~valid or repeat (same split, another document)
 
-    With ``remove``, the leaking rows are taken out of the per-file valid/test files and the
-    merged files are rebuilt; ``removed`` counts the rows taken out, the only rows any file loses.
-    ``remove`` refuses (``ConfigError``, nothing changed) when OUT holds no per-file outputs, since
-    the merged files could then not be rebuilt. Every JSONL line is read with ``datakeg.jsonl``; a
-    line that is not valid JSON stops the audit (``JsonlError``) rather than being skipped."""
+
+def audit_dir(out, threshold: float, remove: bool = False) -> tuple[list[AuditHit], int]:
+    """Audit an output folder with the same rule as the audit inside `generate`
+    (:func:`datakeg.leakage.find_leaks`): valid vs train, test vs train and valid, and repeats
+    inside a split across documents. Documents are told apart by their per-file outputs; a folder
+    holding only the merged files is audited across splits only.
+
+    With ``remove``, exactly the flagged rows are taken out of the per-file files and the merged
+    files are rebuilt; ``removed`` counts them, the only rows any file loses. ``remove`` refuses
+    (``ConfigError``, nothing changed) when OUT holds no per-file outputs, since the merged files
+    could then not be rebuilt. Every JSONL line is read with ``datakeg.jsonl``; a line that is not
+    valid JSON stops the audit (``JsonlError``) rather than being skipped."""
     from pathlib import Path
 
     from datakeg.errors import ConfigError, DatakegError
     from datakeg.jsonl import load_rows, write_lines
+    from datakeg.leakage import find_leaks
     from datakeg.records import from_row
     from datakeg.writers import SPLITS, merge, per_file_path, per_file_stems
 
     out = Path(out)
     if not (out / "train.jsonl").exists():
         raise DatakegError(f"{out} has no train.jsonl", "Point it at a datakeg output folder.")
-    stems = per_file_stems(out)
-    if remove and not any(per_file_path(out, stem, split).exists() for stem in stems for split in SPLITS):
+    stems = [st for st in per_file_stems(out) if any(per_file_path(out, st, sp).exists() for sp in SPLITS)]
+    if remove and not stems:
         raise ConfigError(
             f"{out} holds no per-file outputs (<name>_train.jsonl, <name>_valid.jsonl, <name>_test.jsonl); "
             "--remove takes the leaking rows out of them and rebuilds train.jsonl, valid.jsonl and test.jsonl "
             "from them, so it would empty the merged files.",
             "Nothing was changed. Run without --remove to only report, or point it at an output folder of "
             "`datakeg generate`.")
-
-    def questions(path: Path) -> tuple[list[int], list[str]]:
-        rows = load_rows(path) if path.exists() else []
-        return [lineno for lineno, _, _ in rows], [from_row(value).question for _, value, _ in rows]
-
-    _, train = questions(out / "train.jsonl")
-    hits, leaked = [], {}
-    for split in ("valid", "test"):
-        linenos, qs = questions(out / f"{split}.jsonl")
-        for idx, score, t in leaking(train, qs, threshold):
-            hits.append((split, linenos[idx], qs[idx], train[t], score))
-            leaked.setdefault(split, set()).add(qs[idx])
+    # items: (split, document, file, row index in file, merged line, question); merged order = stems order
+    items = []
+    if stems:
+        for sp in SPLITS:
+            line = 0
+            for d, st in enumerate(stems):
+                path = per_file_path(out, st, sp)
+                for k, (_, value, _) in enumerate(load_rows(path) if path.exists() else []):
+                    line += 1
+                    items.append((sp, d, path, k, line, from_row(value).question))
+    else:
+        for sp in SPLITS:
+            path = out / f"{sp}.jsonl"
+            for k, (lineno, value, _) in enumerate(load_rows(path) if path.exists() else []):
+                items.append((sp, 0, path, k, lineno, from_row(value).question))
+    items.sort(key=lambda t: (t[1], SPLITS.index(t[0]), t[3]))  # document, split, position
+    leaks = find_leaks([t[5] for t in items], [t[0] for t in items], [t[1] for t in items], threshold)
+    hits = sorted((AuditHit(items[lk.index][0], items[lk.index][4], items[lk.index][5], items[lk.other][5],
+                            items[lk.other][0], lk.score, lk.kind) for lk in leaks),
+                  key=lambda h: (SPLITS.index(h.split), h.line))
     removed = 0
-    if remove and hits:
-        for stem in stems:
-            for split, bad in leaked.items():
-                path = per_file_path(out, stem, split)
-                if not path.exists():
-                    continue
-                rows = load_rows(path)
-                keep = [raw for _, value, raw in rows if from_row(value).question not in bad]
-                removed += len(rows) - len(keep)
-                if len(keep) != len(rows):
-                    write_lines(path, keep)
+    if remove and leaks:
+        drop: dict[Path, set[int]] = {}
+        for lk in leaks:
+            drop.setdefault(items[lk.index][2], set()).add(items[lk.index][3])
+        for path, rows_out in drop.items():
+            rows = load_rows(path)
+            write_lines(path, [raw for k, (_, _, raw) in enumerate(rows) if k not in rows_out])
+            removed += len(rows_out)
         merge(out)
     return hits, removed

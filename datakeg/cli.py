@@ -328,10 +328,13 @@ def init_config(path):
 @cli.command(context_settings=CONTEXT)
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--leakage-threshold", type=float, default=0.9, show_default=True,
-              help="TF-IDF (char n-gram) cosine similarity at which a valid/test question counts as leaked.")
-@click.option("--remove", is_flag=True, help="Remove the leaking pairs from valid/test and rebuild the merged files.")
+              help="TF-IDF (char n-gram) cosine similarity at which a question counts as leaked.")
+@click.option("--remove", is_flag=True, help="Remove the leaking pairs from the per-file outputs and rebuild the "
+              "merged files.")
 def audit(out, leakage_threshold, remove):
-    """Leakage audit of a datakeg output folder: valid/test questions too similar to a train question.
+    """Leakage audit of a datakeg output folder, with the rule `generate` applies: a valid question
+    too similar to a train question, a test question too similar to a train or valid one, or a
+    question repeated in the same split by another document. Exits 1 when any is found.
 
     \b
     Examples:
@@ -341,9 +344,12 @@ def audit(out, leakage_threshold, remove):
     import datakeg
 
     hits, removed = datakeg.audit(out, leakage_threshold=leakage_threshold, remove=remove)
-    click.echo(f"{len(hits)} valid/test question(s) with similarity >= {leakage_threshold:g} to a train question")
-    for split, lineno, q, match, score in hits[:50]:
-        click.echo(f"  {split}.jsonl line {lineno} ({score:.2f}): {q!r} ~ {match!r}")
+    click.echo(f"{len(hits)} leaking question(s): similarity >= {leakage_threshold:g} to a question of an earlier "
+               "split (valid~train, test~train, test~valid) or of the same split in another document (repeat)")
+    for h in hits[:50]:
+        click.echo(f"  {h.split}.jsonl line {h.line} [{h.kind}, {h.score:.2f}]: {h.question!r} ~ {h.similar!r}")
+    if len(hits) > 50:
+        click.echo(f"  ... {len(hits) - 50} more")
     if remove:
         click.echo(f"removed {removed} pair(s); merged files rebuilt")
     sys.exit(1 if hits and not remove else 0)

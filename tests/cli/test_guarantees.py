@@ -4,7 +4,6 @@ documents (checked against a brute-force similarity computed here)."""
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -103,16 +102,27 @@ def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_files(tmp_path):
         assert t["replayed_from_journal"] >= done - 1 and t["delivered"] == t["target"]
 
 
-def _limit_file_size():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
-    resource.setrlimit(resource.RLIMIT_FSIZE, (40000, 40000))
+# The CLI in a process whose files may not grow past 6 kB: writes past it fail with EFBIG
+# ("File too large"), as writes fail on a full disk. The language model is loaded first (py3langid
+# unpacks it into a temp file).
+FULL_DISK = """
+import resource, signal, sys
+from datakeg.prompts import detect_language
+detect_language("This sentence is plainly written in English so that the model loads. " * 3)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+from datakeg.cli import main
+sys.argv = ["datakeg"] + sys.argv[1:]
+main()
+"""
 
 
 def test_full_disk_is_one_clear_line_and_resumable(tmp_path):
     out = tmp_path / "o"
     with FakeLLMServer() as srv:
-        proc = subprocess.run(cmd(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20"), cwd=ROOT,
-                              capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=120)
+        args = cmd(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20")[3:]
+        proc = subprocess.run([sys.executable, "-c", FULL_DISK, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3
         assert "File too large" in proc.stderr and "run the same command again" in proc.stderr

@@ -253,7 +253,8 @@ def test_leakage_audit_across_documents(server, tmp_path):
     out2 = tmp_path / "o2"
     assert gen(server, src, out2, "--no-audit").exit_code == 0
     result = CliRunner().invoke(cli, ["audit", str(out2)])
-    assert result.exit_code == 1 and f"{sum(removed.values())} valid/test question(s)" in result.output
+    found = int(result.output.split(" leaking question(s)")[0])
+    assert result.exit_code == 1 and found >= removed.get("valid~train", 0) > 0
     assert CliRunner().invoke(cli, ["audit", str(out2), "--remove"]).exit_code == 0
     assert CliRunner().invoke(cli, ["audit", str(out2)]).exit_code == 0
     assert CliRunner().invoke(cli, ["validate", str(out2)]).exit_code == 0
