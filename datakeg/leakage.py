@@ -28,7 +28,7 @@ def find_leaks(questions, splits, docs, threshold):
     for i in prio:
         hit = None
         for j in kept:
-            if (order[splits[j]] < order[splits[i]] or docs[j] != docs[i]) and (sims[i, j] >= threshold - 1e-6 or norm[i] == norm[j]):
+            if (order[splits[j]] < order[splits[i]] or docs[j] != docs[i]) and (sims[i, j] >= threshold - 1e-6 or (norm[i] == norm[j] and threshold <= 1)):
                 hit = j
                 break
         if hit is None:

@@ -110,7 +110,7 @@ def test_audit_dir_reads_rows_holding_unicode_line_separators(tmp_path):
              Pair("Which\u2029 port does the server use?", "8000")]
     _write_out(tmp_path, {"doc": {"train": train, "valid": valid, "test": [Pair("Why\x85 so?", "Because.")]}})
     hits, removed = audit_dir(tmp_path, 0.9, remove=True)
-    assert [(h[0], h[1]) for h in hits] == [("valid", 1)]
+    assert [(h.split, h.line) for h in hits] == [("valid", 1)]
     assert removed == 1
     assert _pairs(tmp_path / "doc_valid.jsonl") == valid[1:]
     assert _pairs(tmp_path / "valid.jsonl") == valid[1:]
