@@ -22,7 +22,7 @@ JOURNAL = "journal.jsonl"
 
 def request_key(**parts) -> str:
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()  # a lone surrogate is no crash
 
 
 class Journal:
@@ -52,8 +52,10 @@ class Journal:
         return entry
 
     def put(self, key: str, **record) -> None:
+        from datakeg.jsonl import dumps_line
+
         entry = {"key": key, **record}
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        line = dumps_line(entry) + "\n"  # one line whatever the reply holds (lone surrogates escaped)
         with self.lock:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,57 +75,3 @@ class Journal:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
-
-
-RUN_FILE = "run.json"
-
-
-def prepare_out(out: Path, fingerprint: dict, fresh: bool = False, resume: bool = False) -> str:
-    """Decide what to do with an existing OUT. Returns "new", "resume" or "fresh".
-
-    Same settings as the run recorded in OUT: resume (finished calls are replayed). Different
-    settings: refuse unless ``resume`` (reuse whatever calls still match) or ``fresh`` (forget the
-    previous run). A non-empty folder that datakeg did not write is never touched.
-    """
-    import shutil
-
-    from datakeg.errors import ConfigError
-    from datakeg.writers import MANIFEST, REJECTS, SPLITS, atomic_write_json, per_file_path
-
-    out = Path(out)
-    state = out / JOURNAL_DIR
-    run_file = state / RUN_FILE
-    existing = out.exists() and any(out.iterdir())
-    mode = "new"
-    if existing and not state.is_dir():
-        if not (out / MANIFEST).exists():
-            raise ConfigError(f"{out} is not empty and was not written by datakeg.",
-                              "Choose a new or empty output folder.")
-        if not (fresh or resume):
-            raise ConfigError(f"{out} holds output of an earlier datakeg run that cannot be resumed.",
-                              "Pass --fresh to replace it, or choose another output folder.")
-    if state.is_dir():
-        previous = json.loads(run_file.read_text(encoding="utf-8")) if run_file.exists() else {}
-        same = previous == fingerprint
-        if fresh:
-            mode = "fresh"
-        elif same or resume:
-            mode = "resume"
-        else:
-            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-            raise ConfigError(
-                f"{out} holds a run with different settings ({', '.join(changed)} changed).",
-                "Pass --resume to reuse the finished requests that still match (only changed work is redone), "
-                "--fresh to start over, or choose another output folder.",
-            )
-    if fresh and existing:
-        manifest = out / MANIFEST
-        if manifest.exists():
-            for f in json.loads(manifest.read_text(encoding="utf-8")).get("files", []):
-                for split in SPLITS:
-                    per_file_path(out, f["output"], split).unlink(missing_ok=True)
-        for name in [MANIFEST, REJECTS] + [f"{s}.jsonl" for s in SPLITS]:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(state, ignore_errors=True)
-    atomic_write_json(run_file, fingerprint)
-    return mode
