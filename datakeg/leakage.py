@@ -32,7 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SPLITS = ("train", "valid", "test")
-BLOCK = 2048                 # rows per block of the candidate product
+BLOCK = 2048                 # rows per block of the candidate product (at most)
+BLOCK_WORK = 30_000_000      # multiply-adds per block at most (fewer rows where prefixes are common)
 SCORE_CHUNK = 100_000        # candidate pairs scored at a time
 PRODUCT_BUDGET = 8000        # candidate-product multiply-adds allowed per question when choosing the depth
 EPS = 1e-4                   # slack on every bound (float32 vectors): bounds only ever keep more
@@ -159,7 +160,6 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
         raise ValueError("depth must be in (0, threshold]")
     inpre = tail >= (depth - EPS) ** 2                      # a head of every row
     plen = np.bincount(rowid[inpre], minlength=n)
-    del rowid
     # first suffix entry of each row: its rank (nf when the whole row is prefix) and the suffix norm
     has_suf = plen < rowlen
     first_suf = indptr[:-1] + plen
@@ -169,15 +169,24 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
     sufn[has_suf] = np.sqrt(np.maximum(tail[first_suf[has_suf]], 0.0))
     prefix = sp.csr_matrix((x.data[inpre], x.indices[inpre], np.concatenate([[0], np.cumsum(plen)])),
                            shape=x.shape)
-    del tail, inpre
+    # blocks of rows whose share of the product (sum over prefix features of their prefix counts, an
+    # upper bound on its entries) stays within BLOCK_WORK: bounded memory at low thresholds
+    per_feature = np.bincount(x.indices[inpre], minlength=nf).astype(np.float64)
+    work = np.cumsum(np.bincount(rowid[inpre], weights=per_feature[x.indices[inpre]], minlength=n))
+    starts = [0]
+    while starts[-1] < n:
+        s0 = starts[-1]
+        base = work[s0 - 1] if s0 else 0.0
+        e0 = int(np.searchsorted(work, base + BLOCK_WORK, side="right"))
+        starts.append(min(n, max(e0, s0 + 1), s0 + BLOCK))
+    del tail, inpre, rowid, per_feature, work
     ymax = float(np.sqrt(rowtot.max()))                     # |y| (1 up to rounding)
     crude = threshold - (depth - EPS) * ymax - EPS          # s + |x_suffix| |y| >= t needs s >= this
 
     clock = time.perf_counter
     t_product = t_bound = 0.0
     ci, cj = [], []
-    for s in range(0, n, BLOCK):
-        e = min(n, s + BLOCK)
+    for s, e in zip(starts[:-1], starts[1:]):
         top = int(limit[s:e].max())
         if top <= 0:
             continue
