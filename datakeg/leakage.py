@@ -122,6 +122,7 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
     Returns numpy arrays (i, j, score), sorted by i then j; scores are float64 cosines.
     ``stats``, when given, receives counts of the stages (for benchmarks). ``depth`` (0 < depth <=
     threshold) forces the prefix depth instead of choosing it (for tests and benchmarks)."""
+    import itertools
     import time
 
     import numpy as np
@@ -186,7 +187,7 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
     clock = time.perf_counter
     t_product = t_bound = 0.0
     ci, cj = [], []
-    for s, e in zip(starts[:-1], starts[1:]):
+    for s, e in itertools.pairwise(starts):
         top = int(limit[s:e].max())
         if top <= 0:
             continue

@@ -98,8 +98,8 @@ def test_exact_with_row_limits():
     x = vectors(qs)
     nt = 900
     limit = np.r_[np.zeros(nt, np.int64), np.full(len(qs) - nt, nt)]
-    i, j, s = similar_pairs(x, 0.85, limit)
-    bi, bj, bs = brute_force_pairs(x, 0.85)
+    i, j, _ = similar_pairs(x, 0.85, limit)
+    bi, bj, _ = brute_force_pairs(x, 0.85)
     ref = {(a, b) for a, b in zip(bi.tolist(), bj.tolist()) if a >= nt and b < nt}
     assert set(zip(i.tolist(), j.tolist())) == ref and ref
 
