@@ -1,39 +1,387 @@
-"""Placeholder: replaced by the exact engine (helper branch)."""
+"""Exact near-duplicate search for the leakage audit.
+
+Questions are compared as TF-IDF character n-gram vectors (``char_wb`` 3-5-grams, sublinear tf,
+float32, L2-normalised: the same representation as :mod:`datakeg.audit`). Every pair whose cosine
+similarity is >= the threshold is found: the search has no heuristic candidate filter that can miss
+a pair, only bounds that are proven (a test checks it against a brute-force dense product).
+
+Algorithm (All-Pairs prefix filtering, Bayardo et al. 2007, with the positional l2 bound of L2AP):
+
+* features are ordered rarest first and every vector's entries are read in that order;
+* each vector keeps a *prefix*: its entries up to the point where the l2 norm of what is left
+  (the *suffix*) is below a depth ``d <= threshold``. For two unit vectors x, y with cosine >= t,
+  let f be the rarest feature they share: if f were in x's suffix, every shared feature would be,
+  and x.y <= |x_suffix| |y| < t. So f lies in both prefixes: candidates are the pairs whose
+  prefixes intersect, a sparse product of the prefix matrix with itself, computed in row blocks
+  (each row against the rows before it only);
+* that product also gives s = the part of x.y over the features in both prefixes (those rarer
+  than m, the first suffix feature of the vector whose prefix ends first). The rest of x.y lies
+  over features not rarer than m, so x.y <= s + |x_{>=m}| |y_{>=m}|: pairs whose bound is below
+  the threshold are dropped (first with |y_{>=m}| <= 1, then with the exact positional norms);
+* the few remaining pairs are scored exactly on the full vectors (float64).
+
+A depth below the threshold makes the product larger but the bound much tighter; the depth is
+chosen from the prefix sizes so that the product's multiply-adds stay within a budget proportional
+to the number of questions.
+
+numpy, scipy and scikit-learn are imported inside the functions: importing this module is cheap.
+"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+SPLITS = ("train", "valid", "test")
+BLOCK = 2048                 # rows per block of the candidate product (at most)
+BLOCK_WORK = 30_000_000      # multiply-adds per block at most (fewer rows where prefixes are common)
+SCORE_CHUNK = 100_000        # candidate pairs scored at a time
+PRODUCT_BUDGET = 8000        # candidate-product multiply-adds allowed per question when choosing the depth
+EPS = 1e-4                   # slack on every bound (float32 vectors): bounds only ever keep more
+
 
 @dataclass(frozen=True)
 class Leak:
-    index: int
-    other: int
+    index: int      # the item removed
+    other: int      # the kept item it is too similar to
     score: float
-    kind: str
+    kind: str       # "valid~train", "test~train", "test~valid", or "repeat" (same split, other document)
 
 
-def find_leaks(questions, splits, docs, threshold):
-    from sklearn.feature_extraction.text import TfidfVectorizer
+def tfidf_matrix(texts: list[str]):
+    """L2-normalised TF-IDF vectors (scipy CSR, float32, one row per text) of ``texts`` as given:
+    the same matrix as scikit-learn's ``TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5),
+    dtype=np.float32, sublinear_tf=True).fit_transform(texts)`` (columns in its order too), built
+    faster: char_wb n-grams never cross a word boundary, so the n-grams of each distinct word are
+    listed once and the counts are a sparse product (questions x words) @ (words x n-grams).
+    Pass normalised questions. Rows of texts without any word are all zero; so is a matrix with
+    no vocabulary at all."""
+    from collections import defaultdict
+
+    import numpy as np
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    vocab: defaultdict[str, int] = defaultdict()
+    vocab.default_factory = vocab.__len__
+    ids: list[int] = []
+    indptr = [0]
+    for text in texts:
+        ids.extend(map(vocab.__getitem__, text.lower().split()))
+        indptr.append(len(ids))
+    if not vocab:
+        return sp.csr_matrix((len(texts), 0), dtype=np.float32)
+    words = sp.csr_matrix((np.ones(len(ids), np.float32), np.asarray(ids, np.int64), np.asarray(indptr, np.int64)),
+                          shape=(len(texts), len(vocab)))
+    gram_ids: dict[str, int] = {}
+    m_ids: list[int] = []
+    m_ptr = [0]
+    for word in vocab:  # insertion order: word id order
+        m_ids.extend(gram_ids.setdefault(g, len(gram_ids)) for g in _char_wb_ngrams(word))
+        m_ptr.append(len(m_ids))
+    # columns in sorted n-gram order, as scikit-learn's vocabulary
+    names = sorted(gram_ids)
+    column = np.empty(len(names), np.int64)
+    column[np.asarray([gram_ids[g] for g in names], np.int64)] = np.arange(len(names))
+    grams = sp.csr_matrix((np.ones(len(m_ids), np.float32), column[np.asarray(m_ids, np.int64)],
+                           np.asarray(m_ptr, np.int64)), shape=(len(vocab), len(names)))
+    counts = (words @ grams).tocsr()
+    counts.sum_duplicates()
+    x = TfidfTransformer(sublinear_tf=True).fit_transform(counts).tocsr().astype(np.float32)
+    x.sort_indices()
+    return sp.csr_matrix(x)
+
+
+def _char_wb_ngrams(word: str, lo: int = 3, hi: int = 5) -> list[str]:
+    """scikit-learn's char_wb n-grams of one word (a word shorter than n yields itself once)."""
+    w = " " + word + " "
+    out = []
+    for n in range(lo, hi + 1):
+        if len(w) <= n:
+            out.append(w)
+            break
+        out.extend(w[k:k + n] for k in range(len(w) - n + 1))
+    return out
+
+
+def brute_force_pairs(x, threshold: float):
+    """Reference for tests: every (i, j, cosine) with j < i and cosine >= threshold, from the full
+    product of all rows with all rows (float64, densified). Quadratic: a few thousand rows at most."""
+    import numpy as np
+
+    x = x.astype(np.float64)
+    sims = (x @ x.T).toarray()
+    i, j = np.nonzero(np.tril(sims >= threshold, k=-1))
+    return i, j, sims[i, j]
+
+
+def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, depth: float | None = None):
+    """Every pair (i, j) with j < limit[i] and cosine(x[i], x[j]) >= threshold, exactly.
+
+    ``x``: CSR matrix of L2-normalised non-negative rows (zero rows match nothing).
+    ``limit``: per-row bound on j (default ``limit[i] = i``, i.e. all unordered pairs once).
+    Returns numpy arrays (i, j, score), sorted by i then j; scores are float64 cosines.
+    ``stats``, when given, receives counts of the stages (for benchmarks). ``depth`` (0 < depth <=
+    threshold) forces the prefix depth instead of choosing it (for tests and benchmarks)."""
+    import itertools
+    import time
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    n = x.shape[0]
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+    if limit is None:
+        limit = np.arange(n, dtype=np.int64)
+    limit = np.minimum(np.asarray(limit, dtype=np.int64), np.arange(n, dtype=np.int64))
+    if stats is not None:
+        stats.update(depth=None, candidates=0, bounded=0, verified=0, pairs=0)
+    if threshold <= 0:
+        raise ValueError("threshold must be > 0")
+    if n < 2 or threshold > 1 + EPS or x.nnz == 0 or not limit.any():
+        return empty
+
+    # features rarest first (ties by column: deterministic), entries of each row in that order
+    nf = x.shape[1]
+    df = np.bincount(x.indices, minlength=nf)
+    rank = np.empty(nf, dtype=np.int64)
+    rank[np.lexsort((np.arange(nf), df))] = np.arange(nf)
+    x = sp.csr_matrix((x.data.astype(np.float32), rank[x.indices].astype(np.int32), x.indptr.copy()), shape=x.shape)
+    x.sort_indices()
+    indptr = x.indptr.astype(np.int64)
+    rowlen = np.diff(indptr)
+    rowid = np.repeat(np.arange(n, dtype=np.int64), rowlen)
+    csum = np.zeros(x.nnz + 1, dtype=np.float64)           # csum[k]: squares of entries before k
+    np.cumsum(x.data.astype(np.float64) ** 2, out=csum[1:])
+    rowtot = csum[indptr[1:]] - csum[indptr[:-1]]           # squared norm of each row
+    tail = rowtot[rowid] - (csum[:-1] - csum[indptr[:-1]][rowid])  # squares from entry k to row end
+
+    if depth is None:
+        depth = _choose_depth(tail, x.indices, limit, threshold, nf)
+    elif not 0 < depth <= threshold:
+        raise ValueError("depth must be in (0, threshold]")
+    inpre = tail >= (depth - EPS) ** 2                      # a head of every row
+    plen = np.bincount(rowid[inpre], minlength=n)
+    # first suffix entry of each row: its rank (nf when the whole row is prefix) and the suffix norm
+    has_suf = plen < rowlen
+    first_suf = indptr[:-1] + plen
+    cut = np.full(n, nf, dtype=np.int64)
+    cut[has_suf] = x.indices[first_suf[has_suf]]
+    sufn = np.zeros(n, dtype=np.float64)
+    sufn[has_suf] = np.sqrt(np.maximum(tail[first_suf[has_suf]], 0.0))
+    prefix = sp.csr_matrix((x.data[inpre], x.indices[inpre], np.concatenate([[0], np.cumsum(plen)])),
+                           shape=x.shape)
+    # blocks of rows whose share of the product (sum over prefix features of their prefix counts, an
+    # upper bound on its entries) stays within BLOCK_WORK: bounded memory at low thresholds
+    per_feature = np.bincount(x.indices[inpre], minlength=nf).astype(np.float64)
+    work = np.cumsum(np.bincount(rowid[inpre], weights=per_feature[x.indices[inpre]], minlength=n))
+    starts = [0]
+    while starts[-1] < n:
+        s0 = starts[-1]
+        base = work[s0 - 1] if s0 else 0.0
+        e0 = int(np.searchsorted(work, base + BLOCK_WORK, side="right"))
+        starts.append(min(n, max(e0, s0 + 1), s0 + BLOCK))
+    del tail, inpre, rowid, per_feature, work
+    ymax = float(np.sqrt(rowtot.max()))                     # |y| (1 up to rounding)
+    crude = threshold - (depth - EPS) * ymax - EPS          # s + |x_suffix| |y| >= t needs s >= this
+
+    clock = time.perf_counter
+    t_product = t_bound = 0.0
+    ci, cj = [], []
+    for s, e in itertools.pairwise(starts):
+        top = int(limit[s:e].max())
+        if top <= 0:
+            continue
+        t0 = clock()
+        w = prefix[s:e] @ prefix[:top].T
+        t1 = clock()
+        if stats is not None:
+            stats["candidates"] += w.nnz
+        keep = np.flatnonzero(w.data >= crude)
+        rows = s + np.searchsorted(w.indptr, keep, side="right") - 1
+        cols = w.indices[keep].astype(np.int64)
+        spp = w.data[keep].astype(np.float64)
+        del w, keep
+        ok = cols < limit[rows]
+        rows, cols, spp = rows[ok], cols[ok], spp[ok]
+        if stats is not None:
+            stats["bounded"] += len(rows)
+        # x = the row whose prefix ends first (at rank m), y the other one: x.y <= s + |x_suffix| |y|
+        first = cut[rows] <= cut[cols]
+        xr, yr = np.where(first, rows, cols), np.where(first, cols, rows)
+        ok = spp + sufn[xr] * np.sqrt(rowtot[yr]) >= threshold - EPS
+        rows, cols, spp, xr, yr = rows[ok], cols[ok], spp[ok], xr[ok], yr[ok]
+        # positional bound: x.y <= s + |x_suffix| |y_{>=m}|
+        pos = _search_rows(x.indices, indptr, yr, cut[xr])
+        ytail = np.sqrt(np.maximum(rowtot[yr] - (csum[pos] - csum[indptr[yr]]), 0.0))
+        ok = spp + sufn[xr] * ytail >= threshold - EPS
+        ci.append(rows[ok])
+        cj.append(cols[ok])
+        t_product += t1 - t0
+        t_bound += clock() - t1
+    if stats is not None:
+        stats.update(depth=depth, product_s=round(t_product, 3), bound_s=round(t_bound, 3))
+    if not ci:
+        return empty
+    t0 = clock()
+    rows, cols = np.concatenate(ci), np.concatenate(cj)
+    del ci, cj
+    if stats is not None:
+        stats["verified"] = len(rows)
+    scores = np.empty(len(rows), dtype=np.float64)
+    for s in range(0, len(rows), SCORE_CHUNK):
+        a = x[rows[s:s + SCORE_CHUNK]].astype(np.float64)
+        b = x[cols[s:s + SCORE_CHUNK]].astype(np.float64)
+        scores[s:s + SCORE_CHUNK] = np.asarray(a.multiply(b).sum(axis=1)).ravel()
+    if stats is not None:
+        stats["score_s"] = round(clock() - t0, 3)
+    hit = scores >= threshold
+    rows, cols, scores = rows[hit], cols[hit], scores[hit]
+    order = np.lexsort((cols, rows))
+    if stats is not None:
+        stats["pairs"] = len(rows)
+    return rows[order], cols[order], scores[order]
+
+
+def _search_rows(indices, indptr, rows, values):
+    """For each k: the position of the first entry of row rows[k] whose column is >= values[k]
+    (columns sorted inside each row): a binary search, vectorised over all k."""
+    import numpy as np
+
+    lo = indptr[rows].copy()
+    hi = indptr[rows + 1].copy()
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        go_right = active & (indices[np.minimum(mid, len(indices) - 1)] < values)
+        go_left = active & ~go_right
+        lo = np.where(go_right, mid + 1, lo)
+        hi = np.where(go_left, mid, hi)
+
+
+def _choose_depth(tail, ranks, limit, threshold, nf) -> float:
+    """The smallest prefix depth (from ``threshold`` down to 0.55 * threshold, in steps of 0.05)
+    whose candidate product (multiply-adds, from the prefix lengths per feature) fits the budget."""
+    import numpy as np
+
+    budget = PRODUCT_BUDGET * max(int((limit > 0).sum()), 1)
+    best = threshold
+    d = threshold
+    while d >= 0.55 * threshold - 1e-9:
+        inpre = tail >= (d - EPS) ** 2
+        per_feature = np.bincount(ranks[inpre], minlength=nf).astype(np.float64)
+        if float((per_feature * (per_feature - 1)).sum()) / 2 > budget:
+            break
+        best = d
+        d = round(d - 0.05, 10)
+    return best
+
+
+def leaking(train: list[str], candidates: list[str], threshold: float) -> list[tuple[int, float, int]]:
+    """(candidate index, similarity, most similar train index) for each candidate whose best cosine
+    similarity to a train question is >= threshold, in candidate order; exact (no pair is missed).
+
+    Drop-in for :func:`datakeg.audit.leaking`: questions go through ``normalize_question``; an exact
+    repeat of a train question (after normalisation, empty ones included) always scores 1.0. Ties
+    go to the smallest train index."""
+    if not train or not candidates or threshold <= 0:
+        return []
+    import numpy as np
 
     from datakeg.quality import normalize_question
 
-    if not questions:
+    train_n = [normalize_question(q) for q in train]
+    cand_n = [normalize_question(q) for q in candidates]
+    nt = len(train_n)
+    x = tfidf_matrix(train_n + cand_n)
+    limit = np.concatenate([np.zeros(nt, np.int64), np.full(len(cand_n), nt, np.int64)])
+    rows, cols, scores = similar_pairs(x, threshold, limit)
+    best: dict[int, tuple[float, int]] = {}
+    exact: dict[str, int] = {}
+    for i, q in enumerate(train_n):
+        exact.setdefault(q, i)
+    for i, q in enumerate(cand_n):
+        if q in exact:
+            best[i] = (1.0, exact[q])
+    for r, c, s in zip(rows.tolist(), cols.tolist(), scores.tolist()):
+        i, s = r - nt, min(s, 1.0)
+        if i not in best or s > best[i][0] or (s == best[i][0] and c < best[i][1]):
+            best[i] = (s, c)
+    return [(i, best[i][0], best[i][1]) for i in sorted(best)]
+
+
+def find_leaks(questions: list[str], splits: list[str], docs: list, threshold: float) -> list[Leak]:
+    """The items to remove so that no kept valid/test question leaks a kept question of an earlier
+    split and no split repeats a question across documents.
+
+    Items are processed train first, then valid, then test (by index inside a split). An item is
+    removed when its cosine similarity is >= threshold to an earlier KEPT item that is in an
+    earlier split or in the same split but another document; ``other`` is the most similar such
+    item (ties: the earliest processed). Same split and same document is never a leak. Exact
+    repeats after ``normalize_question`` (empty ones included) always score 1.0. A threshold <= 0
+    switches the check off. Returns the removed items sorted by index."""
+    n = len(questions)
+    if len(splits) != n or len(docs) != n:
+        raise ValueError("questions, splits and docs must have the same length")
+    bad = sorted({s for s in splits if s not in SPLITS})
+    if bad:
+        raise ValueError(f"unknown split(s): {', '.join(map(str, bad))}")
+    if n == 0 or threshold <= 0:
         return []
-    order = {"train": 0, "valid": 1, "test": 2}
+    import numpy as np
+
+    from datakeg.quality import normalize_question
+
+    split_rank = {s: k for k, s in enumerate(SPLITS)}
+    order = sorted(range(n), key=lambda i: (split_rank[splits[i]], i))
+    pos = [0] * n
+    for p, i in enumerate(order):
+        pos[i] = p
     norm = [normalize_question(q) for q in questions]
-    x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(norm)
-    sims = (x @ x.T).toarray()
-    prio = sorted(range(len(questions)), key=lambda i: (order[splits[i]], i))
-    kept, leaks = [], []
-    for i in prio:
-        hit = None
-        for j in kept:
-            if (order[splits[j]] < order[splits[i]] or docs[j] != docs[i]) and (sims[i, j] >= threshold - 1e-6 or (norm[i] == norm[j] and threshold <= 1)):
-                hit = j
-                break
-        if hit is None:
-            kept.append(i)
-        else:
-            kind = "repeat" if splits[i] == splits[hit] else f"{splits[i]}~{splits[hit]}"
-            leaks.append(Leak(i, hit, float(sims[i, hit]), kind))
-    return sorted(leaks, key=lambda l: l.index)
+    # one group per distinct normalised text, numbered in processing order
+    gid: dict[str, int] = {}
+    group = [0] * n
+    first_item: list[int] = []
+    for i in order:
+        g = gid.get(norm[i])
+        if g is None:
+            g = gid[norm[i]] = len(first_item)
+            first_item.append(i)
+        group[i] = g
+    x_all = tfidf_matrix(norm)
+    x = x_all[np.asarray(first_item, dtype=np.int64)]
+    del x_all
+    rows, cols, scores = similar_pairs(x, threshold)
+    neighbours: list[list[tuple[int, float]]] = [[] for _ in first_item]
+    for g, h, s in zip(rows.tolist(), cols.tolist(), scores.tolist()):
+        s = min(s, 1.0)
+        neighbours[g].append((h, s))
+        neighbours[h].append((g, s))
+
+    # Kept items of one group all share one (split, doc): the first kept one's (any later item of the
+    # group from another split or document is removed by it). So a group is summed up by its first
+    # kept item, and an item leaks through a group iff that group has a kept item of another
+    # (split, doc) than its own.
+    kept_first: list[int | None] = [None] * len(first_item)
+    leaks = []
+    for a in order:
+        key = (splits[a], docs[a])
+        best = None  # (score, -pos of other, other)
+        candidates = [(group[a], 1.0)] + neighbours[group[a]]
+        for h, s in candidates:
+            b = kept_first[h]
+            if b is None or (splits[b], docs[b]) == key:
+                continue
+            cand = (s, -pos[b], b)
+            if best is None or cand > best:
+                best = cand
+        if best is None:
+            if kept_first[group[a]] is None:
+                kept_first[group[a]] = a
+            continue
+        s, _, b = best
+        kind = "repeat" if splits[b] == splits[a] else f"{splits[a]}~{splits[b]}"
+        leaks.append(Leak(index=a, other=b, score=float(s), kind=kind))
+    leaks.sort(key=lambda l: l.index)
+    return leaks
