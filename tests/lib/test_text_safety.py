@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from datakeg import jsonl
 from datakeg.auditing import audit_dir
+from datakeg.quality import normalize_question
 from datakeg.conversion import TARGETS, convert_file
 from datakeg.errors import ConfigError
 from datakeg.records import Pair, from_row, to_conversation, to_row
@@ -123,7 +124,7 @@ _text = st.text(
     min_size=1, max_size=40,
 ).filter(lambda s: s.strip())
 _pair = st.builds(Pair, _text, _text)
-# one ordinary pair per split so the TF-IDF audit has words to work with (see the xfail test below)
+# one ordinary pair per split, repeated across splits: an exact leak the audit must find
 _ANCHOR = Pair("How do I install datakeg on Linux?", "Run pip install datakeg.")
 
 
@@ -148,18 +149,31 @@ def test_any_text_round_trips_through_write_merge_convert_validate_audit(tmp_pat
         assert vr.problems == [] and vr.rows == len(expect[split])
         vr = validate_file(merged)
         assert vr.problems == [] and vr.rows == len(expect[split])
-    before = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
-    hits, removed = audit_dir(out, threshold=2.0, remove=True)  # no similarity reaches 2: nothing leaks
-    assert hits == [] and removed == 0
-    assert {p.name: p.read_bytes() for p in out.glob("*.jsonl")} == before
+    # With a threshold no similarity reaches, only exact repeats (after normalisation) leak: a
+    # question equal to one kept in an earlier split, or in the same split of another document.
+    kept: dict[str, list[tuple[int, int]]] = {}
+    expect_kept = {s: [] for s in SPLITS}
+    for rank, split in enumerate(SPLITS):
+        for d, doc in enumerate(docs.values()):
+            for p in doc.get(split, []):
+                norm = normalize_question(p.question)
+                if any(r < rank or od != d for r, od in kept.get(norm, [])):
+                    continue
+                kept.setdefault(norm, []).append((rank, d))
+                expect_kept[split].append((d, p))
+    hits, removed = audit_dir(out, threshold=2.0, remove=True)
+    assert removed == len(hits) == sum(len(v) for v in expect.values()) - sum(len(v) for v in expect_kept.values())
+    for split in SPLITS:  # every other row is still there, unchanged, in order
+        assert _pairs(out / f"{split}.jsonl") == [p for _, p in sorted(expect_kept[split], key=lambda t: t[0])]
 
 
-@pytest.mark.xfail(reason="audit.leaking() (not owned here) raises 'empty vocabulary' when no question "
-                          "holds a word character", strict=False)
 def test_leaking_questions_without_words():
+    """Regression: the old audit raised scikit-learn's 'empty vocabulary' here. Questions without a
+    word character normalise to the same empty text, an exact repeat."""
     from datakeg.auditing import leaking
 
-    assert leaking(["\x00\x01"], ["!!"], 0.9) == []
+    assert leaking(["\x00\x01"], ["!!"], 0.9) == [(0, 1.0, 0)]
+    assert leaking(["How do I count words?"], ["!!"], 0.9) == []
 
 
 # --------------------------------------------------------------------------- 3. never destroy data
