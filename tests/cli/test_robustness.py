@@ -31,7 +31,7 @@ def gen(srv, src, out, *extra, env=None):
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run_and_repeats_no_finished_request(corpus, tmp_path):
-    src = corpus / "python"  # 3 real documents
+    src = corpus  # 8 documents, about 40 requests: the kill points below all land mid-run
     with FakeLLMServer() as srv:
         assert gen(srv, src, tmp_path / "full", "-c", "1").exit_code == 0
         full_requests = len(srv.requests)
@@ -67,7 +67,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run_and_repeats_no_finished_re
 
 def test_ctrl_c_stops_cleanly_with_exit_130_and_resumes(corpus, tmp_path):
     out = tmp_path / "o"
-    src = corpus / "python"  # about 40 requests: 4 s at 100 ms each, so the interrupt lands mid-run
+    src = corpus  # about 40 requests: 4 s at 100 ms each, so the interrupt lands mid-run
     with FakeLLMServer(latency=0.1) as srv:
         proc = subprocess.Popen([sys.executable, "-m", "datakeg", "generate", str(src), str(out), "-p", "openai",
                                  "--base-url", srv.url, "-q", "-c", "1"], cwd=ROOT, stdout=subprocess.PIPE,
