@@ -38,3 +38,9 @@ def corpus(tmp_path):
     a long reference page with tables and code, Chinese and Japanese pages, two README.md and two
     quickstart.md in different folders, plain and reStructuredText-style .txt, a tiny changelog)."""
     return copy_testdoc(tmp_path / "corpus")
+
+
+@pytest.fixture
+def small_testdoc(tmp_path):
+    """A private copy of testdoc's three short pages, for tests whose time grows with the requests."""
+    return copy_testdoc(tmp_path / "small", only=SMALL_TESTDOC)

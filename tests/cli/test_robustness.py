@@ -106,9 +106,9 @@ def test_rerun_with_same_settings_makes_no_request(server, tmp_path):
     assert outputs(tmp_path / "o") == before
 
 
-def test_retries_on_429_and_500(tmp_path):
-    with FakeLLMServer(faults=["http429:2", "http500:3"]) as srv:
-        result = gen(srv, TESTDOC, tmp_path / "o")
+def test_retries_on_429_and_500(small_testdoc, tmp_path):
+    with FakeLLMServer(faults=["http429:2", "http500:3"]) as srv:  # short pages: each retry backs off
+        result = gen(srv, small_testdoc, tmp_path / "o")
         statuses = len(srv.requests)
     assert result.exit_code == 0, result.output
     t = json.loads((tmp_path / "o" / "manifest.json").read_text())["totals"]
@@ -116,9 +116,9 @@ def test_retries_on_429_and_500(tmp_path):
     assert statuses > t["requests"]  # the server saw the retried attempts too
 
 
-def test_ollama_retries_server_errors(tmp_path):
-    with FakeLLMServer(faults=["http500:2"]) as srv:
-        result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(tmp_path / "o"), "-q"],
+def test_ollama_retries_server_errors(small_testdoc, tmp_path):
+    with FakeLLMServer(faults=["http500:2"]) as srv:  # short pages: each retry backs off
+        result = CliRunner().invoke(cli, ["generate", str(small_testdoc), str(tmp_path / "o"), "-q"],
                                     env={"OLLAMA_HOST": srv.ollama_host})
     assert result.exit_code == 0, result.output
     t = json.loads((tmp_path / "o" / "manifest.json").read_text())["totals"]
