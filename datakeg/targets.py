@@ -5,6 +5,11 @@
   get at least 1 each, train the remainder);
 * each split is spread over the chunks in proportion to their size by the largest-remainder
   method, so every chunk gets at least one pair whenever the document target allows it.
+
+For a whole dataset (``plan_dataset``), documents with fewer than ``MIN_OWN_SPLITS`` pairs are too
+small for a valid and a test pair of their own: their pairs are pooled and dealt out over the
+splits so that the dataset as a whole meets the ratios as closely as possible (3,000 one-pair
+documents at 0.6/0.2/0.2 give 1800/600/600, not 3000/0/0).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from datakeg.errors import ConfigError
 
 SPLITS = ("train", "valid", "test")
+MIN_OWN_SPLITS = 3  # a document with at least this many pairs keeps its own valid/test
 
 
 @dataclass(frozen=True)
@@ -105,11 +111,9 @@ def split_counts(n: int, ratios: Ratios) -> dict[str, int]:
     return {"train": train, "valid": valid, "test": test}
 
 
-def plan_targets(chunk_sizes: list[int], pairs_per_1k: float, ratios: Ratios) -> tuple[int, list[dict[str, int]]]:
-    """Targets for one document: (document total, per-chunk {split: count})."""
-    total = document_target(sum(chunk_sizes), pairs_per_1k)
+def _chunk_targets(chunk_sizes: list[int], total: int, by_split: dict[str, int]) -> list[dict[str, int]]:
+    """Spread a document's split counts over its chunks (in proportion to size, >= 1 each if possible)."""
     per_chunk = apportion(total, [float(s) for s in chunk_sizes], min_one=True)
-    by_split = split_counts(total, ratios)
     # Fill the small splits first, bounded by what each chunk has left; train takes the rest.
     left = list(per_chunk)
     plan = [{s: 0 for s in SPLITS} for _ in chunk_sizes]
@@ -120,4 +124,84 @@ def plan_targets(chunk_sizes: list[int], pairs_per_1k: float, ratios: Ratios) ->
             left[i] -= k
     for i, k in enumerate(left):
         plan[i]["train"] = k
-    return total, plan
+    return plan
+
+
+def plan_targets(chunk_sizes: list[int], pairs_per_1k: float, ratios: Ratios) -> tuple[int, list[dict[str, int]]]:
+    """Targets for one document on its own: (document total, per-chunk {split: count}).
+
+    A run over several documents should use ``plan_dataset``, which also balances the splits of
+    documents too small for valid/test pairs of their own.
+    """
+    total = document_target(sum(chunk_sizes), pairs_per_1k)
+    return total, _chunk_targets(chunk_sizes, total, split_counts(total, ratios))
+
+
+def _deal(n: int, quotas: list[int]) -> list[int]:
+    """The split index of each of ``n`` = sum(quotas) items, interleaved so that every prefix stays
+    as close as possible to the final proportions (ties go to the earlier split)."""
+    assigned = [0] * len(quotas)
+    order = []
+    for j in range(1, n + 1):
+        k = max(range(len(quotas)), key=lambda i: (quotas[i] * j / n - assigned[i], -i))
+        assigned[k] += 1
+        order.append(k)
+    return order
+
+
+def dataset_split_counts(doc_totals: list[int], ratios: Ratios) -> tuple[list[dict[str, int]], list[str]]:
+    """Split counts for every document of a dataset, and warnings about splits left empty.
+
+    * a document with >= ``MIN_OWN_SPLITS`` pairs is split on its own, as ``split_counts`` does
+      (valid and test get at least 1 each when their ratio is > 0);
+    * the pairs of the smaller documents are pooled: the dataset totals are apportioned by the
+      ratios (largest remainder), what the big documents already hold is subtracted, and the pool
+      makes up the difference as far as it can (any excess goes by the ratios); the pool's pairs
+      are then dealt in document order with a stable interleaving (e.g. train, valid, train, test,
+      train, ...), so the result is deterministic and a document may mix splits;
+    * a warning names each split that ends up empty although its ratio is > 0.
+    """
+    counts: list[dict[str, int] | None] = [split_counts(n, ratios) if n >= MIN_OWN_SPLITS else None
+                                          for n in doc_totals]
+    weights = [ratios.train, ratios.valid, ratios.test]
+    grand = sum(doc_totals)
+    desired = apportion(grand, weights) if grand else [0, 0, 0]
+    fixed = [sum(c[s] for c in counts if c is not None) for s in SPLITS]
+    pool = sum(n for n, c in zip(doc_totals, counts) if c is None)
+    deficit = [max(0, d - f) for d, f in zip(desired, fixed)]
+    if sum(deficit) >= pool:
+        from_pool = apportion(pool, [float(d) for d in deficit]) if pool else [0, 0, 0]
+    else:
+        extra = apportion(pool - sum(deficit), weights)
+        from_pool = [d + e for d, e in zip(deficit, extra)]
+    dealt = iter(_deal(pool, from_pool))
+    for i, n in enumerate(doc_totals):
+        if counts[i] is None:
+            c = {s: 0 for s in SPLITS}
+            for _ in range(n):
+                c[SPLITS[next(dealt)]] += 1
+            counts[i] = c
+    warnings = []
+    if grand:
+        totals = {s: sum(c[s] for c in counts) for s in SPLITS}
+        for split, ratio in zip(SPLITS, weights):
+            if ratio > 0 and totals[split] == 0:
+                warnings.append(
+                    f"the {split} split will be empty: {grand} pair(s) in all across {len(doc_totals)} document(s) "
+                    f"are too few for a {split} share of {ratio:g}; raise --pairs-per-1k or add documents")
+    return counts, warnings
+
+
+def plan_dataset(docs_chunk_sizes: list[list[int]], pairs_per_1k: float,
+                 ratios: Ratios) -> tuple[list[tuple[int, list[dict[str, int]]]], list[str]]:
+    """Targets for all documents of a run, with the splits balanced over the whole dataset.
+
+    Returns, per document in the given order, (document total, per-chunk {split: count}) as
+    ``plan_targets`` does, and the warnings of ``dataset_split_counts``. Documents with
+    >= ``MIN_OWN_SPLITS`` pairs get exactly what ``plan_targets`` gives them.
+    """
+    totals = [document_target(sum(sizes), pairs_per_1k) for sizes in docs_chunk_sizes]
+    counts, warnings = dataset_split_counts(totals, ratios)
+    plans = [(total, _chunk_targets(sizes, total, by_split))
+             for sizes, total, by_split in zip(docs_chunk_sizes, totals, counts)]
+    return plans, warnings

@@ -7,7 +7,9 @@ from datakeg.testing.fake_server import FakeLLMServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTDOC = ROOT / "testdoc"
-CORPUS = ROOT.parent / "shared" / "corpus"
+# The three original short pages of testdoc (about 1,700 characters): enough for tests that need
+# a real dataset but whose cost grows with its size (fine-tuning steps scale with the train rows).
+SMALL_TESTDOC = ("README.md", "guide/README.md", "guide/faq.txt")
 
 
 @pytest.fixture
@@ -17,13 +19,28 @@ def server():
         yield srv
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    """A private copy of the real documents in ../shared/corpus."""
-    if not CORPUS.is_dir():
-        pytest.fail(f"the shared corpus is missing at {CORPUS}")
-    dest = tmp_path / "corpus"
-    shutil.copytree(CORPUS, dest)
-    for p in dest.rglob("*"):
+def copy_testdoc(dest: Path, only: tuple[str, ...] | None = None) -> Path:
+    """Copy testdoc (or only the given relative paths of it) to ``dest``, writable, and return it."""
+    if only is None:
+        shutil.copytree(TESTDOC, dest)
+    else:
+        for rel in only:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(TESTDOC / rel, dest / rel)
+    for p in [dest, *dest.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dest
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A private copy of the project's own documents in testdoc/ (about 23,000 characters in 8 files:
+    a long reference page with tables and code, Chinese and Japanese pages, two README.md and two
+    quickstart.md in different folders, plain and reStructuredText-style .txt, a tiny changelog)."""
+    return copy_testdoc(tmp_path / "corpus")
+
+
+@pytest.fixture
+def small_testdoc(tmp_path):
+    """A private copy of testdoc's three short pages, for tests whose time grows with the requests."""
+    return copy_testdoc(tmp_path / "small", only=SMALL_TESTDOC)

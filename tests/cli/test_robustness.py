@@ -31,7 +31,7 @@ def gen(srv, src, out, *extra, env=None):
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run_and_repeats_no_finished_request(corpus, tmp_path):
-    src = corpus / "python"  # 3 real documents
+    src = corpus  # 8 documents, about 40 requests: the kill points below all land mid-run
     with FakeLLMServer() as srv:
         assert gen(srv, src, tmp_path / "full", "-c", "1").exit_code == 0
         full_requests = len(srv.requests)
@@ -67,7 +67,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run_and_repeats_no_finished_re
 
 def test_ctrl_c_stops_cleanly_with_exit_130_and_resumes(corpus, tmp_path):
     out = tmp_path / "o"
-    src = corpus / "python"  # about 40 requests: 4 s at 100 ms each, so the interrupt lands mid-run
+    src = corpus  # about 40 requests: 4 s at 100 ms each, so the interrupt lands mid-run
     with FakeLLMServer(latency=0.1) as srv:
         proc = subprocess.Popen([sys.executable, "-m", "datakeg", "generate", str(src), str(out), "-p", "openai",
                                  "--base-url", srv.url, "-q", "-c", "1"], cwd=ROOT, stdout=subprocess.PIPE,
@@ -106,9 +106,9 @@ def test_rerun_with_same_settings_makes_no_request(server, tmp_path):
     assert outputs(tmp_path / "o") == before
 
 
-def test_retries_on_429_and_500(tmp_path):
-    with FakeLLMServer(faults=["http429:2", "http500:3"]) as srv:
-        result = gen(srv, TESTDOC, tmp_path / "o")
+def test_retries_on_429_and_500(small_testdoc, tmp_path):
+    with FakeLLMServer(faults=["http429:2", "http500:3"]) as srv:  # short pages: each retry backs off
+        result = gen(srv, small_testdoc, tmp_path / "o")
         statuses = len(srv.requests)
     assert result.exit_code == 0, result.output
     t = json.loads((tmp_path / "o" / "manifest.json").read_text())["totals"]
@@ -116,9 +116,9 @@ def test_retries_on_429_and_500(tmp_path):
     assert statuses > t["requests"]  # the server saw the retried attempts too
 
 
-def test_ollama_retries_server_errors(tmp_path):
-    with FakeLLMServer(faults=["http500:2"]) as srv:
-        result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(tmp_path / "o"), "-q"],
+def test_ollama_retries_server_errors(small_testdoc, tmp_path):
+    with FakeLLMServer(faults=["http500:2"]) as srv:  # short pages: each retry backs off
+        result = CliRunner().invoke(cli, ["generate", str(small_testdoc), str(tmp_path / "o"), "-q"],
                                     env={"OLLAMA_HOST": srv.ollama_host})
     assert result.exit_code == 0, result.output
     t = json.loads((tmp_path / "o" / "manifest.json").read_text())["totals"]
