@@ -10,7 +10,7 @@ from datakeg.chunking import Chunk, chunk_text
 from datakeg.discovery import Document, Skipped, output_stems
 from datakeg.prompts import build_messages, detect_language
 from datakeg.settings import Settings
-from datakeg.targets import SPLITS, plan_targets
+from datakeg.targets import SPLITS, plan_dataset
 
 TOKENS_PER_PAIR = 80  # rough completion tokens per pair, for estimates and max_tokens
 CHARS_PER_TOKEN = 4
@@ -50,25 +50,26 @@ class Plan:
 
 
 def make_plan(docs: list[Document], skipped: list[Skipped], settings: Settings) -> Plan:
+    """Chunks and targets for every document. The split shares hold for the whole dataset: a
+    document too small for valid/test of its own contributes to whichever split the dataset
+    needs (:func:`datakeg.targets.plan_dataset`), and an empty split is warned about."""
     settings.validate()
     stems = output_stems([d.relpath for d in docs])
-    plans = []
     skipped = list(skipped)
+    chunked = []
     for doc in docs:
         chunks = chunk_text(doc.text, doc.kind, settings.chunk_size)
         if not chunks:
             skipped.append(Skipped(doc.relpath, "no text content (only front matter or markup)"))
             continue
-        total, targets = plan_targets([len(c) for c in chunks], settings.pairs_per_1k, settings.ratios)
+        chunked.append((doc, chunks))
+    targets, warnings = plan_dataset([[len(c) for c in chunks] for _, chunks in chunked], settings.pairs_per_1k,
+                                     settings.ratios)
+    plans = []
+    for (doc, chunks), (total, per_chunk) in zip(chunked, targets):
         language = settings.language or detect_language(doc.text)
-        plans.append(DocPlan(doc, stems[doc.relpath], chunks, total, targets, language))
-    warnings = []
-    totals = {s: sum(d.by_split[s] for d in plans) for s in SPLITS}
-    for split, share in zip(SPLITS, (settings.train_pct, settings.valid_pct, settings.test_pct)):
-        if plans and share > 0 and totals[split] == 0:
-            warnings.append(f"the {split} split will be empty although --{split}-pct is {share:g}: the documents "
-                            "are too small for it; raise --pairs-per-1k")
-    return Plan(plans, skipped, warnings)
+        plans.append(DocPlan(doc, stems[doc.relpath], chunks, total, per_chunk, language))
+    return Plan(plans, skipped, list(warnings))
 
 
 def batches(n: int, size: int) -> list[int]:

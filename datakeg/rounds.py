@@ -7,8 +7,8 @@ chunks run in parallel; a deterministic pass in chunk order then drops near dupl
 chunks and asks again for what is missing. So the output is the same whatever the concurrency,
 and valid/test are always checked against every train question of the document.
 
-A chunk's requests are numbered per split (the ``ordinal`` in the journal key), so a rerun asks
-the same requests in the same order and replays them from the journal.
+A request's journal key holds its exact prompt and how often that prompt was asked before for the
+same chunk and split, so a rerun replays every request it already paid for, in whatever order.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from datakeg.callbacks import Callbacks
 from datakeg.calls import Caller
+from datakeg.journal import request_key
 from datakeg.parsing import ParseError, pairs_schema, parse_pairs
 from datakeg.planning import TOKENS_PER_PAIR, DocPlan, batches
 from datakeg.prompts import avoid_list, build_messages
@@ -35,6 +36,7 @@ class Slot:
 
     pairs: list[Pair] = field(default_factory=list)
     calls: int = 0
+    asked: Counter = field(default_factory=Counter)  # how often each exact prompt was asked
     errors: int = 0
     dropped: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
@@ -90,7 +92,12 @@ class DocumentRunner:
                 "reasoning": self.settings.reasoning}
         request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
                               max_tokens=200 + per_pair * count, seed=self.settings.seed, task=task)
-        ordinal = slot.calls
+        # The journal key counts how often this exact prompt was asked before for this chunk and
+        # split, not the call's position: a rerun in which an earlier request now succeeds (and so
+        # shifts the positions) still replays every prompt it already paid for.
+        prompt_id = request_key(messages=messages)
+        ordinal = slot.asked[prompt_id]
+        slot.asked[prompt_id] += 1
         slot.calls += 1
         reply = self.caller.call(request, ordinal, count)
         where = dict(source=dp.doc.relpath, chunk=chunk.index, split=split)
@@ -119,12 +126,16 @@ class DocumentRunner:
         chunk = dp.chunks[i]
         grounding = Grounding(chunk.text)
         made = 0
-        while len(slot.pairs) < want and made < max_calls:
+        progress = False
+        # ``max_calls`` requests, and more as long as each one adds usable pairs (a model that keeps
+        # returning half of what it is asked still gets there); at most ``want`` extra in all
+        while len(slot.pairs) < want and (made < max_calls or progress) and made < max_calls + want:
             count = batches(want - len(slot.pairs), s.batch_size)[0]
             pin = list(dict.fromkeys(pinned))[: s.avoid_cap // 3]
             avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
             made += 1
             pairs = self._ask(dp, i, split, count, avoid, slot)
+            progress = False
             if pairs is None:
                 continue
             batch: list[str] = []
@@ -143,6 +154,7 @@ class DocumentRunner:
                 slot.pairs.append(pair)
                 mine.append(pair)
                 kept += 1
+            progress = kept > 0
             self.cb.on_pairs(kept)
 
     def gate(self, questions: list[str]) -> Gate:

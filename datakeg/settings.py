@@ -46,8 +46,8 @@ class Settings:
                                      "chunk (0 = off).")
     no_grounding: bool = opt(False, "Switch the grounding check off (e.g. when --language translates the "
                              "documentation).")
-    max_attempts: int = opt(3, "Extra requests per chunk and split when the model returns fewer usable pairs "
-                            "than asked.")
+    max_attempts: int = opt(3, "Extra requests per chunk and split when replies fall short of the target; "
+                            "a request that still adds usable pairs does not use one up.")
     batch_size: int = opt(15, "Most pairs asked for in one request.")
     avoid_cap: int = opt(24, "Most questions listed as 'do not repeat' in one prompt.", config=False, flag="")
     language: str | None = opt(None, "Language of the pairs, e.g. German. Default: the language each document "

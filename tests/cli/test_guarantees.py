@@ -78,10 +78,10 @@ def test_fresh_never_deletes_outside_out(tmp_path):
     assert victim.read_text() == '{"keep": "me"}\n'
 
 
-def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_files(tmp_path):
+def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_files(small_testdoc, tmp_path):
     out = tmp_path / "o"
     with FakeLLMServer(latency=0.1) as srv:
-        proc = subprocess.Popen(cmd(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20"), cwd=ROOT,
+        proc = subprocess.Popen(cmd(srv, small_testdoc, out, "-c", "1", "--pairs-per-1k", "20"), cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
         while len(srv.requests) < 3 and time.time() < deadline:
@@ -96,7 +96,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_files(tmp_path):
         # a stale temp file from a writer killed mid-write is cleaned up by the next run
         stale = out / ".train.jsonl.x1y2.tmp"
         stale.write_text("half a line")
-        assert gen(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20").exit_code == 0
+        assert gen(srv, small_testdoc, out, "-c", "1", "--pairs-per-1k", "20").exit_code == 0
         assert not stale.exists()
         t = json.loads((out / "manifest.json").read_text())["totals"]
         assert t["replayed_from_journal"] >= done - 1 and t["delivered"] == t["target"]
@@ -117,10 +117,10 @@ main()
 """
 
 
-def test_full_disk_is_one_clear_line_and_resumable(tmp_path):
+def test_full_disk_is_one_clear_line_and_resumable(small_testdoc, tmp_path):
     out = tmp_path / "o"
     with FakeLLMServer() as srv:
-        args = cmd(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20")[3:]
+        args = cmd(srv, small_testdoc, out, "-c", "1", "--pairs-per-1k", "20")[3:]
         proc = subprocess.run([sys.executable, "-c", FULL_DISK, *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 1, proc.stderr
@@ -131,7 +131,7 @@ def test_full_disk_is_one_clear_line_and_resumable(tmp_path):
             for line in p.read_text(encoding="utf-8").split("\n"):
                 if line and p.name != "journal.jsonl":
                     json.loads(line)
-        assert gen(srv, TESTDOC, out, "-c", "1", "--pairs-per-1k", "20").exit_code == 0
+        assert gen(srv, small_testdoc, out, "-c", "1", "--pairs-per-1k", "20").exit_code == 0
     t = json.loads((out / "manifest.json").read_text())["totals"]
     assert t["delivered"] == t["target"] and t["replayed_from_journal"] > 0
 

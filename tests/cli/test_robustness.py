@@ -229,7 +229,8 @@ def test_bad_input_each_reported_rest_processed(server, tmp_path):
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
     assert "over the --max-file-mb limit" in reasons["big.md"]
     assert reasons["dangling.md"].startswith("unreadable")
-    assert "Ça coûte" in (tmp_path / "o" / "cp1252_train.jsonl").read_text(encoding="utf-8")
+    assert "Ça coûte" in "".join((tmp_path / "o" / f"cp1252_{s}.jsonl").read_text(encoding="utf-8")
+                                 for s in SPLITS)
     result = CliRunner().invoke(cli, ["generate", str(src), str(tmp_path / "o2"), "-p", "openai", "--base-url",
                                       server.url, "--max-file-mb", "1"])
     assert "cp1252.txt: not UTF-8; decoded as" in result.output
