@@ -95,10 +95,14 @@ def plan(src, out=None, **settings) -> DryRun:
     return DryRun(p, estimate(p, s), list(p.skipped), list(p.warnings))
 
 
-def generate(src, out, *, provider: str = "ollama", model: str | None = None, base_url: str | None = None,
+def generate(src, out, *, provider: str = "ollama", model: str | None = None, base_url: str | list[str] | None = None,
              concurrency: int | None = None, fresh: bool = False, resume: bool = False,
              callbacks: Callbacks | None = None, **settings) -> Result:
     """Generate train/valid/test pairs from the .md/.txt files under ``src`` into ``out``.
+
+    ``base_url`` may list several servers of the same model: each gets ``concurrency`` requests in
+    flight, requests go to the least busy healthy one, and a failing one is drained while its work
+    is retried on the others.
 
     Does everything `datakeg generate` does: checks the provider (waiting ``wait_for_model``
     seconds for one that is starting), locks OUT against a second writer, compares the run's
@@ -123,10 +127,16 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     _check_paths(src, out)
     docs, skipped = _read(src, out, s)
     the_plan = make_plan(docs, skipped, s)
-    prov = create_provider(provider, model=model, base_url=base_url, timeout=s.request_timeout,
-                           structured=s.structured, max_retries=s.max_retries)
+    urls = list(base_url) if isinstance(base_url, (list, tuple)) else [base_url]
+    if not urls:
+        urls = [None]
+    if len(set(urls)) != len(urls):
+        raise ConfigError("the same --base-url is given twice", "Give each model server once.")
+    provs = [create_provider(provider, model=model, base_url=u, timeout=s.request_timeout,
+                             structured=s.structured, max_retries=s.max_retries) for u in urls]
     try:
-        prov.wait_ready(s.wait_for_model, cb.on_message)  # before any work: says what to run when unavailable
+        provs = _ready_endpoints(provs, s.wait_for_model, cb)  # before any work: says what to run when unavailable
+        prov = provs[0]
         fingerprint = {**prov.fingerprint(), "settings": s.shaping()}
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -140,14 +150,39 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
                 if doc.encoding != "utf-8":
                     cb.on_warning(f"{doc.relpath}: not UTF-8; decoded as {doc.encoding}")
             prov.prepare(lambda message: cb.on_message(f"{prov.name}: {message}"))
-            gen = Generator(prov, s, out, cb, concurrency=concurrency or prov.default_concurrency,
+            gen = Generator(provs, s, out, cb, concurrency=concurrency or prov.default_concurrency,
                             limits=Limits(s.max_requests, s.max_tokens, s.max_cost))
             if mode == "resume" and len(gen.journal):
                 cb.on_message(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
             run = gen.run(the_plan, src)
     finally:
-        prov.close()
+        for p in provs:
+            p.close()
     return Result(out, run.manifest, mode)
+
+
+def _ready_endpoints(provs: list, wait: float, cb: Callbacks) -> list:
+    """The endpoints that answer. With several, one that is down is left out with a warning (the
+    run goes on with the others); all must serve the same model."""
+    from datakeg.errors import ProviderUnavailable
+
+    ready, last = [], None
+    for p in provs:
+        try:
+            p.wait_ready(wait, cb.on_message)
+            ready.append(p)
+        except ProviderUnavailable as exc:
+            if len(provs) == 1:
+                raise
+            last = exc
+            cb.on_warning(f"leaving out an endpoint: {exc.message}")
+    if not ready:
+        raise last
+    models = sorted({str(p.model) for p in ready})
+    if len(models) > 1:
+        raise ConfigError(f"the --base-url servers serve different models ({', '.join(models)})",
+                          "Pass --model so that every server runs the same one.")
+    return ready
 
 
 def convert(src, dst, template: str | None = None, *, custom_template=None, source_format: str | None = None,

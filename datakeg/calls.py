@@ -1,16 +1,25 @@
-"""One model call: journal, budget and accounting.
+"""One model call: journal, budget, endpoints and accounting.
 
 Every request goes through :meth:`Caller.call`: a request whose key is in the journal is replayed
-for free; otherwise the budget is checked, the provider is asked (at most ``concurrency`` calls in
-flight), a successful reply is journaled before it is used, and tokens and cost are counted. A
-failed request (``ProviderRequestError``) is counted and reported, never journaled, so a rerun asks
-again. Any other ``DatakegError`` (provider unavailable, budget exhausted) stops the run: once one
-is raised, every later call raises it too.
+for free; otherwise the budget is checked, an endpoint is chosen, the provider is asked, a
+successful reply is journaled before it is used, and tokens and cost are counted. The journal key
+does not depend on which endpoint answered.
+
+**Endpoints.** A run may have several model servers (``--base-url`` given more than once), each
+with its own concurrency. A request goes to the least busy healthy endpoint; when it fails there,
+it is tried on another endpoint it has not tried yet, and an endpoint that fails twice in a row is
+drained (no new requests) for a cooldown, so its work moves to the others. Only when every
+endpoint failed a request does it count as failed.
+
+A failed request (``ProviderRequestError``) is counted and reported, never journaled, so a rerun
+asks again. Any other ``DatakegError`` (provider unavailable, budget exhausted) stops the run:
+once one is raised, every later call raises it too.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -18,6 +27,8 @@ from datakeg.errors import BudgetExhausted, ProviderRequestError
 from datakeg.journal import Journal, request_key
 from datakeg.prompts import PROMPT_VERSION
 from datakeg.providers.base import ChatRequest, Completion, Provider
+
+COOLDOWN = 5.0  # seconds an endpoint that keeps failing gets no new requests (doubles while it fails)
 
 
 @dataclass
@@ -37,9 +48,12 @@ class RunStats:
     unparseable: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # as reported by the server (None: never reported)
     cost: float = 0.0
     max_prompt_tokens: int = 0
     max_pairs_asked: int = 0
+    prompt_chars: int = 0  # characters of the prompts sent ...
+    prefix_chars: int = 0  # ... of which repeat the start of an earlier prompt for the same chunk
     dropped: Counter = field(default_factory=Counter)
 
 
@@ -50,22 +64,58 @@ class Reply:
     replayed: bool = False
 
 
+@dataclass
+class Endpoint:
+    provider: Provider
+    capacity: int
+    inflight: int = 0
+    requests: int = 0
+    failed: int = 0
+    streak: int = 0  # failures in a row
+    down_until: float = 0.0
+
+    def report(self) -> dict:
+        return {"base_url": self.provider.describe().get("base_url"), "concurrency": self.capacity,
+                "requests": self.requests, "failed": self.failed}
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    lo, hi = 0, n
+    while lo < hi:  # binary search on slices: C-speed comparisons
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class Caller:
-    def __init__(self, provider: Provider, journal: Journal, limits: Limits, concurrency: int, on_request):
-        self.provider = provider
+    def __init__(self, provider: Provider | list[Provider], journal: Journal, limits: Limits, concurrency: int,
+                 on_request):
+        providers = provider if isinstance(provider, list) else [provider]
+        self.endpoints = [Endpoint(p, max(1, concurrency)) for p in providers]
+        self.provider = providers[0]
         self.journal = journal
         self.limits = limits
         self.stats = RunStats()
         self.lock = threading.Lock()
-        self.slots = threading.Semaphore(max(1, concurrency))
+        self.free = threading.Condition(self.lock)
         self.on_request = on_request
         self.stopped: BaseException | None = None
-        self.identity = provider.fingerprint()
+        self.identity = self.provider.fingerprint()
+        self._prompts: dict[str, list[str]] = {}  # chunk -> prompts sent (for the prefix figures)
+
+    @property
+    def concurrency(self) -> int:
+        return sum(e.capacity for e in self.endpoints)
 
     def stop(self, exc: BaseException) -> None:
         with self.lock:
             if self.stopped is None:
                 self.stopped = exc
+            self.free.notify_all()
 
     def _budget_check(self) -> None:
         st, lim = self.stats, self.limits
@@ -89,35 +139,88 @@ class Caller:
                            prompt=PROMPT_VERSION, temperature=request.temperature, seed=request.seed,
                            schema=request.schema, messages=request.messages, ordinal=ordinal)
 
-    def call(self, request: ChatRequest, ordinal: int, pairs_asked: int = 0) -> Reply:
+    # -- endpoints --------------------------------------------------------------------------
+    def _acquire(self, tried: set[int], first: bool) -> Endpoint:
+        """The least busy endpoint with a free slot that this request has not tried (healthy ones
+        first). Waits for a slot; checks the budget and counts the request (under the lock)."""
+        with self.free:
+            while True:
+                if self.stopped is not None:
+                    raise self.stopped
+                now = time.monotonic()
+                open_ = [e for k, e in enumerate(self.endpoints) if k not in tried and e.inflight < e.capacity]
+                healthy = [e for e in open_ if e.down_until <= now]
+                all_down = all(e.down_until > now for k, e in enumerate(self.endpoints) if k not in tried)
+                pool = healthy or (open_ if all_down else [])
+                if pool:
+                    ep = min(pool, key=lambda e: (e.inflight / e.capacity, self.endpoints.index(e)))
+                    if first:
+                        self._budget_check()
+                        self.stats.requests += 1
+                    ep.inflight += 1
+                    ep.requests += 1
+                    return ep
+                self.free.wait(0.25)
+
+    def _release(self, ep: Endpoint, ok: bool) -> None:
+        with self.free:
+            ep.inflight -= 1
+            if ok:
+                ep.streak = 0
+                ep.down_until = 0.0
+            else:
+                ep.failed += 1
+                ep.streak += 1
+                if ep.streak >= 2 and len(self.endpoints) > 1:
+                    ep.down_until = time.monotonic() + COOLDOWN * 2 ** min(ep.streak - 2, 4)
+            self.free.notify_all()
+
+    # -- one call ---------------------------------------------------------------------------
+    def call(self, request: ChatRequest, ordinal: int, pairs_asked: int = 0, chunk: str | None = None) -> Reply:
         key = self.key(request, ordinal)
         entry = self.journal.get(key)
         if entry is not None:
             with self.lock:
                 self.stats.replayed += 1
             return Reply(entry["text"], replayed=True)
-        with self.slots:
-            with self.lock:
-                if self.stopped is not None:
-                    raise self.stopped
-                self._budget_check()
-                self.stats.requests += 1
-                self.stats.max_pairs_asked = max(self.stats.max_pairs_asked, pairs_asked)
+        tried: set[int] = set()
+        error = None
+        while len(tried) < len(self.endpoints):
+            ep = self._acquire(tried, first=not tried)
+            tried.add(self.endpoints.index(ep))
             try:
-                reply: Completion = self.provider.complete(request)
+                reply: Completion = ep.provider.complete(request)
             except ProviderRequestError as exc:
-                with self.lock:
-                    self.stats.failed_requests += 1
-                return Reply(None, error=exc.message)
+                self._release(ep, ok=False)
+                error = exc.message if len(self.endpoints) == 1 else \
+                    f"{exc.message} (at {ep.provider.describe().get('base_url')})"
+                continue
             except BaseException as exc:
+                self._release(ep, ok=False)
                 self.stop(exc)
                 raise
+            self._release(ep, ok=True)
+            break
+        else:
+            with self.lock:
+                self.stats.failed_requests += 1
+            return Reply(None, error=error)
         self.journal.put(key, text=reply.text, prompt_tokens=reply.prompt_tokens,
                          completion_tokens=reply.completion_tokens, cost=reply.cost)
+        prompt = "\n".join(str(m.get("content", "")) for m in request.messages)
         with self.lock:
-            self.stats.prompt_tokens += reply.prompt_tokens
-            self.stats.completion_tokens += reply.completion_tokens
-            self.stats.max_prompt_tokens = max(self.stats.max_prompt_tokens, reply.prompt_tokens)
-            self.stats.cost += reply.cost or 0.0
+            st = self.stats
+            st.max_pairs_asked = max(st.max_pairs_asked, pairs_asked)
+            st.prompt_tokens += reply.prompt_tokens
+            st.completion_tokens += reply.completion_tokens
+            st.max_prompt_tokens = max(st.max_prompt_tokens, reply.prompt_tokens)
+            st.cost += reply.cost or 0.0
+            if reply.cached_tokens is not None:
+                st.cached_tokens = (st.cached_tokens or 0) + reply.cached_tokens
+            if chunk is not None:
+                earlier = self._prompts.setdefault(chunk, [])
+                st.prompt_chars += len(prompt)
+                st.prefix_chars += max((_common_prefix(prompt, p) for p in earlier), default=0)
+                earlier.append(prompt)
         self.on_request(reply.prompt_tokens, reply.completion_tokens)
         return Reply(reply.text)

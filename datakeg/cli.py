@@ -191,6 +191,8 @@ def _load_config(ctx, _param, path):
                                      "environment (OPENROUTER_API_KEY, OPENAI_API_KEY).", param_hint="--config")
         if name not in names or name in ("dry_run", "fresh", "resume", "quiet"):
             raise click.BadParameter(f"unknown key {key!r} in {path}", param_hint="--config")
+        if name == "base_url" and isinstance(value, str):
+            value = [value]  # one server, or a list of them
         defaults[name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
@@ -260,10 +262,12 @@ class _ProviderChoice(click.ParamType):
               "registered by a plugin.")
 @click.option("-m", "--model", help="Model name. Defaults: ollama qwen2.5:3b; openai the server's only "
               "model; local Gemma 3 270M (or a local path / HF id); openrouter has none (required).")
-@click.option("--base-url", help="Server URL: OpenAI-compatible base URL (e.g. http://localhost:8000/v1) "
-              "or the Ollama host (default: $OLLAMA_HOST or http://localhost:11434).")
-@click.option("-c", "--concurrency", type=int, help="Requests in flight at once. Default: 4 for remote "
-              "providers, 2 for Ollama, 1 for the offline model. Outputs are identical whatever the value.")
+@click.option("--base-url", multiple=True, help="Server URL: OpenAI-compatible base URL (e.g. "
+              "http://localhost:8000/v1) or the Ollama host (default: $OLLAMA_HOST or http://localhost:11434). "
+              "Repeat it for several servers of the same model: requests go to the least busy one, a failing "
+              "one is drained and its work retried on the others.")
+@click.option("-c", "--concurrency", type=int, help="Requests in flight at once, per server. Default: 4 for "
+              "remote providers, 2 for Ollama, 1 for the offline model. Outputs are identical whatever the value.")
 @settings_options
 @click.option("--resume", is_flag=True, help="Reuse OUT even when its run had different settings (only the "
               "requests that still match are reused). A rerun with the same settings resumes by itself.")
@@ -301,7 +305,7 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
         return
     reporter = _reporter(quiet)
     try:
-        result = datakeg.generate(src, out, provider=provider, model=model, base_url=base_url,
+        result = datakeg.generate(src, out, provider=provider, model=model, base_url=list(base_url) or None,
                                   concurrency=concurrency, fresh=fresh, resume=resume, callbacks=reporter,
                                   **settings)
     finally:

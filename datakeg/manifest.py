@@ -44,7 +44,7 @@ def pending_entry(dp) -> dict:
 
 def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: RunStats, provider_info: dict,
           settings: dict, concurrency: int, source: Path, started: float, audit: dict | None,
-          stop_reason: str | None = None) -> dict:
+          stop_reason: str | None = None, endpoints: list[dict] | None = None) -> dict:
     files = [file_entry(r) if r is not None else pending_entry(dp) for dp, r in zip(plan.docs, results)]
     done = [f for f in files if f["status"] == "done"]
     target = {s: sum(dp.by_split[s] for dp in plan.docs) for s in SPLITS}
@@ -73,6 +73,8 @@ def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: Ru
             "failed_requests": stats.failed_requests, "unparseable_replies": stats.unparseable,
             "chunks_short_because_of_errors": short_by_errors,
             "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "cached_prompt_tokens": stats.cached_tokens,
+            "prompt_prefix_share": round(stats.prefix_chars / stats.prompt_chars, 3) if stats.prompt_chars else None,
             "max_prompt_tokens": stats.max_prompt_tokens, "max_pairs_asked": stats.max_pairs_asked,
             "cost_usd": round(stats.cost, 6) if stats.cost else None,
             "seconds": round(time.time() - started, 1),
@@ -82,6 +84,9 @@ def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: Ru
         "skipped": [{"path": s.relpath, "reason": s.reason} for s in plan.skipped],
         "files": files,
     }
+    if endpoints and len(endpoints) > 1:
+        manifest["endpoints"] = endpoints
+        manifest.pop("base_url", None)
     if stop_reason:
         manifest["stop_reason"] = stop_reason
     return manifest

@@ -31,6 +31,7 @@ from datakeg.records import Reject, to_row
 from datakeg.rounds import DocResult, DocumentRunner
 from datakeg.settings import Settings
 from datakeg.targets import SPLITS
+from datakeg.workers import PriorityPool
 from datakeg.writers import MANIFEST, REJECTS, atomic_write_json, atomic_write_jsonl, merge, per_file_path
 
 LEAKAGE_ROUNDS = 3  # audit -> backfill -> audit ... at most this many times
@@ -46,15 +47,17 @@ class RunResult:
 class Generator:
     """Runs a plan against a provider and writes OUT (the caller holds OUT's lock)."""
 
-    def __init__(self, provider: Provider, settings: Settings, out: Path, callbacks: Callbacks | None = None,
-                 concurrency: int = 1, limits: Limits | None = None):
-        self.provider = provider
+    def __init__(self, provider: Provider | list[Provider], settings: Settings, out: Path,
+                 callbacks: Callbacks | None = None, concurrency: int = 1, limits: Limits | None = None):
+        """``provider``: one provider, or one per endpoint (same model); ``concurrency`` is per endpoint."""
+        self.providers = provider if isinstance(provider, list) else [provider]
+        self.provider = self.providers[0]
         self.settings = settings
         self.out = Path(out)
         self.cb = callbacks or Callbacks()
         self.concurrency = max(1, concurrency)
         self.journal = Journal(self.out)
-        self.caller = Caller(provider, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
+        self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
         self.runner = DocumentRunner(self.caller, settings, self.cb)
         self.lock = threading.Lock()
         self._last_manifest = 0.0
@@ -74,7 +77,7 @@ class Generator:
         return manifest_mod.build(status=status, plan=plan, results=results, stats=self.stats,
                                   provider_info=self.provider.describe(), settings=self.settings.shaping(),
                                   concurrency=self.concurrency, source=source, started=started, audit=audit,
-                                  stop_reason=stop_reason)
+                                  stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints])
 
     # -- the whole run ----------------------------------------------------------------------
     def run(self, plan: Plan, source: Path) -> RunResult:
@@ -90,13 +93,15 @@ class Generator:
             self.cb.on_warning(f"skipped {sk.relpath}: {sk.reason}")
         for w in plan.warnings:
             self.cb.on_warning(w)
-        chunk_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="datakeg-chunk")
+        slots = self.caller.concurrency  # request slots over all endpoints
+        # chunk work runs biggest document first (its chain of split rounds is the critical path)
+        chunk_pool = PriorityPool(slots, "datakeg-chunk")
         # documents only orchestrate (their requests go through the chunk pool and the call slots),
         # so more of them in flight keeps every request slot busy while some wait between rounds
-        doc_pool = ThreadPoolExecutor(4 * self.concurrency, thread_name_prefix="datakeg-doc")
+        doc_pool = ThreadPoolExecutor(4 * slots, thread_name_prefix="datakeg-doc")
 
         def one(k: int) -> None:
-            res = self.runner.run(plan.docs[k], chunk_pool)
+            res = self.runner.run(plan.docs[k], chunk_pool, priority=-plan.docs[k].total)
             self._write_document(res)
             for i, sp, got, want in res.short_chunks():
                 self.cb.on_warning(f"{res.plan.doc.relpath} chunk {i} ({sp}): {got}/{want} pairs after "
@@ -141,7 +146,7 @@ class Generator:
     # -- dataset-wide leakage audit with backfill -------------------------------------------
     _audit_rejects: list[Reject] = []
 
-    def _audit(self, results: list[DocResult], pool: ThreadPoolExecutor) -> dict:
+    def _audit(self, results: list[DocResult], pool: PriorityPool) -> dict:
         """Across all documents: valid vs train, test vs train and valid, and repeats inside a split
         across documents (the first is kept). Removed pairs are backfilled (the chunk asks again,
         told to avoid the removed question), then the audit runs again, up to LEAKAGE_ROUNDS times."""
@@ -184,14 +189,18 @@ class Generator:
                 break
             # backfill, chunks in parallel (each chunk's calls are numbered on its own, so the
             # result does not depend on the order they finish in)
-            # backfill: documents in parallel, the chunks of one document in order (each reads the
-            # others' questions), so the result does not depend on timing
-            def refill_doc(k: int, drop=drop, avoid=avoid) -> None:
-                for (dk, i, sp) in sorted(drop):
-                    if dk == k:
-                        self.runner.refill(results[k], i, sp, avoid[(k, i, sp)], self.settings.max_attempts)
+            # backfill: every chunk in parallel, each against a snapshot of its document's questions
+            # taken before any of them asks, so the result does not depend on timing
+            # (the splits of one chunk in split order, in one task: each reads the chunk's other splits)
+            snapshot = {(k, i): self.runner.others(results[k], i, SPLITS) for (k, i, _) in drop}
 
-            for f in [pool.submit(refill_doc, k) for k in sorted({k for k, _, _ in drop})]:
+            def refill_chunk(k: int, i: int, drop=drop, avoid=avoid, snapshot=snapshot) -> None:
+                for sp in SPLITS:
+                    if (k, i, sp) in drop:
+                        self.runner.refill(results[k], i, sp, avoid[(k, i, sp)], self.settings.max_attempts,
+                                           snapshot[(k, i)])
+
+            for f in [pool.submit(refill_chunk, k, i) for (k, i) in sorted({(k, i) for k, i, _ in drop})]:
                 f.result()
         for k in sorted(changed_docs):
             self._write_document(results[k])

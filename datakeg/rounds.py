@@ -14,7 +14,6 @@ same chunk and split, so a rerun replays every request it already paid for, in w
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from datakeg.callbacks import Callbacks
@@ -99,7 +98,7 @@ class DocumentRunner:
         ordinal = slot.asked[prompt_id]
         slot.asked[prompt_id] += 1
         slot.calls += 1
-        reply = self.caller.call(request, ordinal, count)
+        reply = self.caller.call(request, ordinal, count, chunk=f"{dp.doc.relpath}#{i}")
         where = dict(source=dp.doc.relpath, chunk=chunk.index, split=split)
         if reply.text is None:
             slot.errors += 1
@@ -163,7 +162,9 @@ class DocumentRunner:
                     accepted=[normalize_question(q) for q in questions])
 
     # -- one document -----------------------------------------------------------------------
-    def run(self, dp: DocPlan, pool: Executor) -> DocResult:
+    def run(self, dp: DocPlan, pool, priority: float = 0.0) -> DocResult:
+        """All splits of one document. ``pool.submit(fn, *args, priority=...)`` runs the chunks'
+        work (lower priority values first)."""
         s = self.settings
         n = len(dp.chunks)
         res = DocResult(dp, [{split: Slot() for split in SPLITS} for _ in range(n)])
@@ -185,37 +186,60 @@ class DocumentRunner:
 
             # biggest jobs first, so the round's tail is short (the order of results does not matter)
             order = sorted(range(n), key=lambda i: -dp.targets[i][split])
-            for f in [pool.submit(work, i) for i in order]:
+            for f in [pool.submit(work, i, priority=priority) for i in order]:
                 f.result()
-            # Deterministic pass in chunk order: near duplicates between chunks of this round go,
-            # then the chunks that lost pairs ask again (sequentially, so the result is fixed).
-            kept_norms: list[str] = []
-            gate = self.gate(self.others(res, -1, earlier))
+            self.reconcile(res, split, pool, priority)
+        return res
+
+    def reconcile(self, res: DocResult, split: str, pool, priority: float = 0.0) -> None:
+        """Near duplicates between the chunks of one round go (a deterministic pass in chunk order),
+        then the chunks that lost pairs ask again, in parallel, each against the same snapshot of
+        the document's questions; the new pairs are checked the same way, up to ``max_attempts``
+        passes. Nothing depends on which request finishes first."""
+        s = self.settings
+        n = len(res.slots)
+        earlier = SPLITS[:SPLITS.index(split)]
+        gate = self.gate(self.others(res, -1, earlier))
+        kept_norms: list[str] = []
+        checked = [0] * n
+        for attempt in range(s.max_attempts + 1):
+            lost = []
             for i in range(n):
-                slot = slots[i][split]
-                survivors = []
-                for p in slot.pairs:
+                slot = res.slots[i][split]
+                survivors = slot.pairs[:checked[i]]
+                for p in slot.pairs[checked[i]:]:
                     norm = normalize_question(p.question)
                     if gate.is_duplicate(norm, kept_norms):
                         slot.dropped["duplicate"] += 1
-                        slot.rejects.append(Reject("dropped_pair", reason="duplicate", source=dp.doc.relpath,
+                        slot.rejects.append(Reject("dropped_pair", reason="duplicate", source=res.plan.doc.relpath,
                                                    chunk=i, split=split, question=p.question, answer=p.answer))
                         continue
                     kept_norms.append(norm)
                     survivors.append(p)
                 if len(survivors) < len(slot.pairs):
-                    slot.pairs = survivors
-                    self.refill(res, i, split, [], s.max_attempts)
-                    kept_norms.extend(normalize_question(p.question) for p in slot.pairs[len(survivors):])
-        return res
+                    lost.append(i)
+                slot.pairs = survivors
+                checked[i] = len(survivors)
+            if not lost or attempt == s.max_attempts:
+                return
+            snapshot = {i: self.others(res, i, SPLITS) for i in lost}
+            futures = [pool.submit(self.refill, res, i, split, [], 1, snapshot[i], priority=priority - 0.5)
+                       for i in lost]
+            for f in futures:
+                f.result()
 
-    def refill(self, res: DocResult, i: int, split: str, avoid_also: list[str], max_calls: int) -> None:
+    def refill(self, res: DocResult, i: int, split: str, avoid_also: list[str], max_calls: int,
+               others: list[str] | None = None) -> None:
         """Ask chunk ``i`` again for what ``split`` is missing, checked against every question the
-        document holds in any split, and told to avoid ``avoid_also`` (questions removed elsewhere)."""
+        document holds in any split (``others``: a snapshot of the other chunks' questions, so that
+        chunks can refill in parallel deterministically), and told to avoid ``avoid_also``
+        (questions removed elsewhere)."""
+        if others is None:
+            others = self.others(res, i, SPLITS)
         mine = [p for sp in SPLITS for p in res.slots[i][sp].pairs]  # every split: none may come back
-        doc_questions = self.others(res, i, SPLITS) + [p.question for p in mine]
-        self.fill(res.plan, i, split, res.slots[i][split], self.gate(doc_questions + list(avoid_also)), mine,
-                  self.others(res, i, SPLITS), max_calls, pinned=avoid_also)
+        self.fill(res.plan, i, split, res.slots[i][split], self.gate(others + [p.question for p in mine]
+                                                                     + list(avoid_also)),
+                  mine, others, max_calls, pinned=avoid_also)
 
     @staticmethod
     def own(res: DocResult, i: int, upto: str) -> list[Pair]:

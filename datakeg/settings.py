@@ -164,7 +164,7 @@ def config_example() -> str:
         "",
         'provider = "ollama"            # ' + " | ".join(_provider_names()),
         '# model = "qwen2.5:3b"         # default: the provider\'s default model',
-        '# base_url = "http://localhost:8000/v1"   # OpenAI-compatible server, or the Ollama host',
+        '# base_url = "http://localhost:8000/v1"   # or a list of servers of the same model: ["http://a:8000/v1", "http://b:8000/v1"]',
         "# concurrency = 4              # default: the provider's own",
         "",
     ]

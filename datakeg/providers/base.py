@@ -32,6 +32,7 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float | None = None  # in USD, when the server reports it (OpenRouter)
+    cached_tokens: int | None = None  # prompt tokens served from the server's prefix cache, when reported
 
 
 @dataclass

@@ -185,11 +185,14 @@ class OpenAICompatProvider(Provider):
         cost = getattr(usage, "cost", None) if usage else None
         prompt_tokens = getattr(usage, "prompt_tokens", 0) if usage else 0
         completion_tokens = getattr(usage, "completion_tokens", 0) if usage else 0
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
         return Completion(
             text,
             prompt_tokens if isinstance(prompt_tokens, int) else 0,
             completion_tokens if isinstance(completion_tokens, int) else 0,
             float(cost) if isinstance(cost, (int, float)) else None,
+            cached if isinstance(cached, int) else None,
         )
 
     def describe(self) -> dict:

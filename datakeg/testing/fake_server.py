@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import random
 import re
 import threading
 import time
@@ -158,17 +159,19 @@ class FakeLLMServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, faults=None, latency: float = 0.0,
                  models=DEFAULT_MODELS, answers: dict[str, str] | None = None, api_key: str | None = None,
-                 auth_status: int = 401):
+                 auth_status: int = 401, jitter: float = 0.0):
         self.faults = parse_faults(faults)
         self.api_key = api_key  # when set, every request must carry "Authorization: Bearer <api_key>"
         self.auth_status = auth_status
         self.answers = dict(answers or {})  # closed-book question -> answer, per model: {"model\x00q": a}
         self.latency = latency
+        self.jitter = jitter  # extra random delay per reply, up to this many seconds
         self.models = list(models)
         self.requests: list[dict] = []  # every chat request received, in order: path, body, faults hit
         self.lock = threading.Lock()
         self.chat_count = 0
         self.seen: dict[int, int] = {}
+        self.prefixes: set[bytes] = set()  # prompt prefixes seen (for the prefix-cache figures)
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -200,6 +203,24 @@ class FakeLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _prefix_cache(self, prompt: str) -> int:
+        """Tokens of ``prompt`` a prefix cache (vLLM's automatic prefix caching, hosted prompt
+        caches) would serve: the longest prefix, in blocks of 16 tokens (64 characters here), that
+        an earlier request already had."""
+        import hashlib
+
+        block = 64
+        hashes = [hashlib.sha1(prompt[:end].encode("utf-8", "surrogatepass")).digest()
+                  for end in range(block, len(prompt) + 1, block)]
+        with self.lock:
+            hit = 0
+            for h in hashes:
+                if h not in self.prefixes:
+                    break
+                hit += 1
+            self.prefixes.update(hashes)
+        return hit * block // 4
 
     def _active_faults(self, body: dict) -> tuple[int, set[str]]:
         import hashlib
@@ -309,8 +330,9 @@ class FakeLLMServer:
                 n, active = server._active_faults(body)
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body, "faults": sorted(active)})
-                if server.latency:
-                    time.sleep(server.latency)
+                if server.latency or server.jitter:
+                    # jitter: replies come back in a different order from one run to the next
+                    time.sleep(server.latency + (random.uniform(0, server.jitter) if server.jitter else 0))
                 if self._fault_reply(active, ollama):
                     return
                 model = body.get("model")
@@ -327,6 +349,7 @@ class FakeLLMServer:
                 if "huge" in active:
                     text += " " * (HUGE_REPLY_CHARS - len(text))
                 ptok, ctok = max(1, len(prompt) // 4), max(1, len(text) // 4)
+                cached = server._prefix_cache(prompt)
                 message = {"role": "assistant", "content": None if "nullcontent" in active else text}
                 if ollama:
                     reply = {"model": model, "created_at": "2026-01-01T00:00:00Z", "message": message,
@@ -339,7 +362,8 @@ class FakeLLMServer:
                 return self._send(200, {
                     "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": model,
                     "choices": choices,
-                    "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}})
+                    "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok,
+                              "prompt_tokens_details": {"cached_tokens": cached}}})
 
         return Handler
 
@@ -350,11 +374,12 @@ def main(argv=None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--fault", action="append", default=[], help="fault to inject, e.g. fence or malformed:3")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each chat reply")
+    ap.add_argument("--jitter", type=float, default=0.0, help="extra random delay per reply, up to this many seconds")
     ap.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     ap.add_argument("--auth-status", type=int, default=401, help="status of a request without the key (401/403)")
     args = ap.parse_args(argv)
     srv = FakeLLMServer(args.host, args.port, args.fault, args.latency, api_key=args.api_key,
-                        auth_status=args.auth_status)
+                        auth_status=args.auth_status, jitter=args.jitter)
     print(f"fake LLM server on http://{args.host}:{srv.port}  (OpenAI: --base-url {srv.url}; "
           f"Ollama: OLLAMA_HOST={srv.ollama_host})", flush=True)
     try:

@@ -224,3 +224,39 @@ def test_no_leak_across_documents_and_targets_still_met(server, tmp_path):
     rejects = [json.loads(l) for l in (out / "rejects.jsonl").read_text().split("\n") if l]
     leaks = [r for r in rejects if r.get("reason") == "leakage"]
     assert len(leaks) == m["totals"]["dropped"]["leakage"] and all(r["similar_question"] for r in leaks)
+
+
+def test_two_endpoints_share_the_work_and_a_failing_one_is_drained(tmp_path):
+    """Two servers of the same model: both get work; when one fails every request, its work is
+    retried on the other, the run still meets its targets and writes the same files as a run on
+    one healthy server (the journal key does not depend on the endpoint)."""
+    out_one, out_two, out_bad = tmp_path / "one", tmp_path / "two", tmp_path / "bad"
+    with FakeLLMServer() as srv:
+        assert gen(srv, TESTDOC, out_one, "-c", "2").exit_code == 0
+    with FakeLLMServer(latency=0.02) as a, FakeLLMServer(latency=0.02) as b:
+        result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(out_two), "-p", "openai", "--base-url", a.url,
+                                          "--base-url", b.url, "-c", "2", "-q"])
+        assert result.exit_code == 0, result.output
+        assert len(a.requests) > 5 and len(b.requests) > 5
+    with FakeLLMServer(faults=["http500"]) as a, FakeLLMServer() as b:
+        result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(out_bad), "-p", "openai", "--base-url", a.url,
+                                          "--base-url", b.url, "-c", "2", "-q", "--max-retries", "0"])
+        assert result.exit_code == 0, result.output
+        sent_to_bad = len(a.requests)
+    m = json.loads((out_bad / "manifest.json").read_text())
+    assert m["totals"]["delivered"] == m["totals"]["target"] and m["totals"]["failed_requests"] == 0
+    bad, good = m["endpoints"]
+    assert bad["failed"] == bad["requests"] == sent_to_bad
+    assert sent_to_bad < good["requests"] / 2  # drained after a couple of failures, not tried for every request
+    for out in (out_two, out_bad):
+        assert {p.name: p.read_bytes() for p in out.glob("*.jsonl")} == \
+            {p.name: p.read_bytes() for p in out_one.glob("*.jsonl")}
+
+
+def test_server_prefix_cache_and_prompt_prefix_share_are_reported(server, tmp_path):
+    assert gen(server, TESTDOC, tmp_path / "o").exit_code == 0
+    t = json.loads((tmp_path / "o" / "manifest.json").read_text())["totals"]
+    # the fake server reports prompt_tokens_details.cached_tokens like vLLM / OpenAI do
+    assert 0 < t["cached_prompt_tokens"] < t["prompt_tokens"]
+    # later requests for a chunk repeat its first request's start: system prompt, document, excerpt
+    assert 0.3 < t["prompt_prefix_share"] < 1
