@@ -80,7 +80,7 @@ def test_torch_lora_adapter_merge_export_and_eval(tiny_model, dataset, tmp_path)
                                       "--limit", "2", "--report", str(tmp_path / "rep")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rep = json.loads((tmp_path / "rep.json").read_text())["reports"][0]
-    assert rep["summary"]["questions"] == 2 and rep["summary"]["errors"] == 0
+    assert rep["summary"]["questions"] == 2 and rep["summary"]["failed"] == 0
 
 
 def test_torch_refuses_rows_over_max_length_and_small_splits(tiny_model, dataset, tmp_path):
