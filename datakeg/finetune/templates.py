@@ -49,10 +49,15 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     kwargs = {"tokenize": False, "add_generation_prompt": add_generation_prompt, "date_string": DATE_STRING}
     try:
         return tokenizer.apply_chat_template(messages, **kwargs)
-    except Exception as exc:  # jinja2 TemplateError from raise_exception(): no system role
-        if not messages or messages[0]["role"] != "system" or "system" not in str(exc).lower():
+    except Exception:  # jinja2 TemplateError from raise_exception(): "System role not supported",
+        # or Mistral's "roles must alternate" tripped by the system turn
+        if not messages or messages[0]["role"] != "system":
             raise
-        return tokenizer.apply_chat_template(fold_system(messages), **kwargs)
+        try:
+            return tokenizer.apply_chat_template(fold_system(messages), **kwargs)
+        except Exception:
+            pass
+        raise
 
 
 def wants_bos(tokenizer) -> bool:

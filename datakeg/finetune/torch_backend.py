@@ -139,6 +139,14 @@ def _atomic_dir(dest: Path, write) -> None:
         shutil.rmtree(old)
 
 
+def copy_tokenizer_files(base: Path, merged: Path) -> None:
+    """The base's SentencePiece tokenizer.model into the merged folder: Ollama's safetensors import
+    reads it for SentencePiece models (tokenizer.json alone is not enough)."""
+    src = Path(base) / "tokenizer.model"
+    if src.is_file() and not (Path(merged) / "tokenizer.model").exists():
+        shutil.copy2(src, Path(merged) / "tokenizer.model")
+
+
 def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> dict:
     _imports()
     import torch
@@ -311,9 +319,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
     merged = model.merge_and_unload()
     merged.save_pretrained(out / "merged", safe_serialization=True)
     tokenizer.save_pretrained(out / "merged")
-    base = Path(opts.base_model)
-    if (base / "tokenizer.model").is_file() and not (out / "merged" / "tokenizer.model").exists():
-        shutil.copy2(base / "tokenizer.model", out / "merged" / "tokenizer.model")  # Ollama's import wants it
+    copy_tokenizer_files(Path(opts.base_model), out / "merged")
     best_info = {"step": best["step"], "val_loss": best["val_loss"],
                  "adapter": str(ckpt_root / "best" / "adapter") if best["step"] else None}
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
