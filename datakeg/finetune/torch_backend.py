@@ -80,7 +80,8 @@ def available_memory(cuda: bool) -> tuple[float, str]:
         import torch
 
         free, _total = torch.cuda.mem_get_info()
-        return float(free), "free GPU memory"
+        # the base model is on the GPU already and the estimate counts its weights: add them back
+        return float(free + torch.cuda.memory_allocated()), "free GPU memory"
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "RAM"
 
 
