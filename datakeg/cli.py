@@ -582,7 +582,7 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
                            save_every=save_every, resume=resume)
 
     def clock(seconds):
-        seconds = int(round(seconds))
+        seconds = round(seconds)
         return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
     def progress(event):
@@ -643,7 +643,14 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
       datakeg eval out/test.jsonl -p local -m out/finetuned/merged --compare bundled
       datakeg eval out/test.jsonl -p openai --base-url http://localhost:8000/v1 -m tuned --judge-model big-model
     """
-    from datakeg.evaluate import SUMMARY_COLUMNS, echo_baseline, evaluate, load_test_pairs, summary_rows, write_reports
+    from datakeg.evaluate import (
+        SUMMARY_COLUMNS,
+        echo_baseline,
+        evaluate,
+        load_test_pairs,
+        summary_rows,
+        write_reports,
+    )
     from datakeg.providers import create_provider
 
     def build(name):

@@ -25,7 +25,7 @@ from datakeg.errors import ProviderRequestError
 from datakeg.providers.base import ChatRequest, Provider
 from datakeg.records import Pair
 
-_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -175,7 +175,7 @@ def load_test_pairs(path: Path, limit: int | None = None) -> list[Pair]:
 
 
 _FRACTION = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)(?![\d.])")
-_SCORE_WORD = re.compile(r"\b(?:score|grade|rating)\b\W{0,4}(\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?))?", re.I)
+_SCORE_WORD = re.compile(r"\b(?:score|grade|rating)\b\W{0,4}(\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
 _BARE = re.compile(r"^\W*(\d+(?:\.\d+)?)\W*$")
 
 

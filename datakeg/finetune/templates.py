@@ -49,13 +49,13 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     kwargs = {"tokenize": False, "add_generation_prompt": add_generation_prompt, "date_string": DATE_STRING}
     try:
         return tokenizer.apply_chat_template(messages, **kwargs)
-    except Exception:  # jinja2 TemplateError from raise_exception(): "System role not supported",
+    except Exception:  # noqa: BLE001  jinja2 TemplateError from raise_exception(): "System role not supported",
         # or Mistral's "roles must alternate" tripped by the system turn
         if not messages or messages[0]["role"] != "system":
             raise
         try:
             return tokenizer.apply_chat_template(fold_system(messages), **kwargs)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110  the folded form failed too: report the original error
             pass
         raise
 

@@ -152,7 +152,11 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
     _imports()
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
 
     torch.manual_seed(opts.seed)
     cuda = torch.cuda.is_available()

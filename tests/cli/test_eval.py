@@ -7,8 +7,16 @@ from click.testing import CliRunner
 
 from datakeg.cli import cli
 from datakeg.errors import ProviderRequestError
-from datakeg.evaluate import (ECHO_MODEL, evaluate, exact_match, load_test_pairs, normalize_answer,
-                              parse_judge_reply, strip_think, token_f1)
+from datakeg.evaluate import (
+    ECHO_MODEL,
+    evaluate,
+    exact_match,
+    load_test_pairs,
+    normalize_answer,
+    parse_judge_reply,
+    strip_think,
+    token_f1,
+)
 from datakeg.providers.base import Completion, Provider
 from datakeg.testing.fake_server import FakeLLMServer
 
@@ -72,7 +80,7 @@ def test_every_model_gets_the_same_prompt_and_the_echo_baseline_is_always_there(
         for r in srv.requests:
             asked.setdefault(r["body"]["model"], []).append(r["body"]["messages"])
     assert set(asked) == {"fake-model", "qwen2.5:3b"}
-    key = lambda msgs: msgs[-1]["content"]  # noqa: E731
+    key = lambda msgs: msgs[-1]["content"]
     assert sorted(asked["fake-model"], key=key) == sorted(asked["qwen2.5:3b"], key=key)
     assert asked["fake-model"][0][0] == {"role": "system", "content": "You are the Tallyho expert."}
     assert len(asked["fake-model"][0]) == 2  # system + question: no example slipped in for one model only

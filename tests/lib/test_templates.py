@@ -12,8 +12,8 @@ import pytest
 
 jinja2 = pytest.importorskip("jinja2")
 
-from datakeg.finetune.ollama_export import TEMPLATES, family_of_template  # noqa: E402
-from datakeg.finetune.templates import render  # noqa: E402
+from datakeg.finetune.ollama_export import TEMPLATES, family_of_template
+from datakeg.finetune.templates import render
 
 FIXTURES = json.loads((Path(__file__).parents[1] / "fixtures" / "official_chat_templates.json").read_text())
 # Two families the fixture file lacks, reduced to the branch without tools (the only one datakeg uses):
