@@ -6,7 +6,9 @@ Llama-style model of a chosen size from a config and a given tokenizer (no downl
         [--epochs 1] [--batch-size 8]
 
 Prints device, dtype, gradient checkpointing, parameters, steps, seconds per step, peak GPU memory,
-first/final loss, and checks that the merged model loads and generates.
+first/final loss, the memory estimate datakeg made before training (to compare with the measured
+peak), and checks that the merged model loads and generates from the same prompt eval uses (chat
+template and BOS as in training).
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=2048)
+    ap.add_argument("--save-every", type=int, default=50)
     ap.add_argument("--output", type=Path)
     args = ap.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     from datakeg.finetune import FinetuneOptions, finetune
 
@@ -47,18 +56,23 @@ def main(argv=None) -> int:
     tok.save_pretrained(base)
     out = args.output or work / "ft"
     opts = FinetuneOptions(data=args.data, base_model=str(base), output=out, backend="torch", epochs=args.epochs,
-                           batch_size=args.batch_size, max_length=2048)
+                           batch_size=args.batch_size, max_length=args.max_length,
+                           save_every=args.save_every)
     result = finetune(opts, lambda e: print(json.dumps(e), flush=True) if e["event"] != "step" or e["step"] % 10 == 0
                       else None)
     merged = AutoModelForCausalLM.from_pretrained(result["merged"], dtype=torch.bfloat16 if torch.cuda.is_available()
                                                   else torch.float32)
     merged.to("cuda" if torch.cuda.is_available() else "cpu")
     tok = AutoTokenizer.from_pretrained(result["merged"])  # carries the chat template used in training
-    ids = tok.apply_chat_template([{"role": "user", "content": "What does Ollama do?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True).to(merged.device)
-    generated = merged.generate(**ids, max_new_tokens=8, do_sample=False).shape[1] - ids["input_ids"].shape[1]
+    from datakeg.finetune.templates import render, text_ids
+
+    prompt = text_ids(tok, render(tok, [{"role": "user", "content": "What does Ollama do?"}], add_generation_prompt=True))
+    ids = torch.tensor([prompt], device=merged.device)
+    generated = merged.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id).shape[1] - len(prompt)
     keys = ("backend", "device", "dtype", "gradient_checkpointing", "parameters", "trainable_parameters", "train_rows",
-            "steps", "seconds", "seconds_per_step", "peak_gpu_memory_gib", "first_loss", "final_loss")
+            "steps", "seconds", "seconds_per_step", "peak_gpu_memory_gib", "memory", "first_loss", "final_loss",
+            "best")
     figures = {k: result[k] for k in keys}
     figures["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     figures["merged_generated_tokens"] = int(generated)

@@ -3,6 +3,12 @@
 Scores per question: exact match after normalisation (lower case, no punctuation or articles),
 token F1 (SQuAD-style), rapidfuzz similarity (token-sort ratio, 0-1) and, with a judge model, an
 LLM judge's 0-5 score with its reason (normalised to 0-1). Works with every provider.
+
+Honesty rules: every model gets exactly the same messages; ``<think>...</think>`` is stripped from
+an answer before scoring; a question whose request failed is reported as failed and left out of the
+averages (not scored 0); a judge reply without a usable score is counted as a judge failure and left
+out of the judge average; an echo baseline (the question given back as the answer) is in every
+report, so a score can be read against what costs nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from datakeg.errors import ProviderRequestError
 from datakeg.providers.base import ChatRequest, Provider
 from datakeg.records import Pair
 
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -31,6 +38,18 @@ JUDGE_SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}, "
 def normalize_answer(text: str) -> str:
     text = text.lower().translate(_PUNCT)
     return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def strip_think(text: str) -> str:
+    """The answer without its reasoning: closed <think> blocks removed, an unclosed one (cut off by
+    the token limit) dropped with everything after it, and a stray leading ``</think>`` handled."""
+    text = _THINK.sub("", text)
+    low = text.lower()
+    if "<think>" in low:
+        text = text[:low.index("<think>")]
+    elif "</think>" in low:  # the template opened the block in the prompt
+        text = text[low.rindex("</think>") + len("</think>"):]
+    return text.strip()
 
 
 def exact_match(prediction: str, reference: str) -> float:
@@ -58,13 +77,25 @@ def similarity(prediction: str, reference: str) -> float:
 class Item:
     question: str
     reference: str
-    answer: str = ""
-    error: str | None = None
-    exact: float = 0.0
-    f1: float = 0.0
-    similarity: float = 0.0
+    answer: str = ""  # what was scored: the reply without <think> blocks
+    raw_answer: str | None = None  # the reply as received, when it differs from answer
+    error: str | None = None  # the request failed: not scored, not in the averages
+    exact: float | None = None
+    f1: float | None = None
+    similarity: float | None = None
     judge: float | None = None
     judge_reason: str | None = None
+    judge_error: str | None = None  # the judge failed or gave no score: not in the judge average
+
+    def score(self) -> None:
+        self.exact = exact_match(self.answer, self.reference)
+        self.f1 = token_f1(self.answer, self.reference)
+        self.similarity = similarity(self.answer, self.reference)
+
+
+SUMMARY_COLUMNS = ("questions", "answered", "failed", "exact_match", "token_f1", "similarity", "judge",
+                   "judge_failed")
+METRICS = ("exact_match", "token_f1", "similarity", "judge")
 
 
 @dataclass
@@ -72,21 +103,55 @@ class EvalReport:
     model: str
     provider: str
     items: list[Item] = field(default_factory=list)
+    role: str = "model"  # "model", "compare" (e.g. the base model) or "baseline" (echo)
 
     def summary(self) -> dict:
-        n = len(self.items) or 1
-        judged = [i.judge for i in self.items if i.judge is not None]
+        ok = [i for i in self.items if not i.error]
+        n = len(ok)
+        judged = [i.judge for i in ok if i.judge is not None]
+
+        def mean(values):
+            return round(sum(values) / len(values), 4) if values else None
+
         return {
-            "model": self.model, "provider": self.provider, "questions": len(self.items),
-            "errors": sum(1 for i in self.items if i.error),
-            "exact_match": round(sum(i.exact for i in self.items) / n, 4),
-            "token_f1": round(sum(i.f1 for i in self.items) / n, 4),
-            "similarity": round(sum(i.similarity for i in self.items) / n, 4),
-            "judge": round(sum(judged) / len(judged), 4) if judged else None,
+            "model": self.model, "provider": self.provider, "role": self.role, "questions": len(self.items),
+            "answered": n, "failed": len(self.items) - n,
+            "exact_match": mean([i.exact for i in ok]), "token_f1": mean([i.f1 for i in ok]),
+            "similarity": mean([i.similarity for i in ok]), "judge": mean(judged),
+            "judge_failed": sum(1 for i in ok if i.judge_error),
         }
 
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "items": [asdict(i) for i in self.items]}
+
+
+ECHO_MODEL = "echo baseline (question as answer)"
+
+
+def echo_baseline(pairs: list[Pair], judge: Provider | None = None) -> EvalReport:
+    """The floor every model should clear: the question itself given as the answer. Overlap metrics
+    reward an answer that repeats the question's words; this row shows how much that alone earns."""
+    report = EvalReport(ECHO_MODEL, "none", [Item(p.question, p.answer, answer=p.question) for p in pairs],
+                        role="baseline")
+    for item in report.items:
+        item.score()
+        if judge is not None:
+            _judge_item(judge, item)
+    return report
+
+
+def differences(reports: list[EvalReport]) -> list[tuple[str, dict]]:
+    """(label, {metric: first - other}) of the first report against each of the others."""
+    if len(reports) < 2:
+        return []
+    first = reports[0].summary()
+    rows = []
+    for other in reports[1:]:
+        o = other.summary()
+        rows.append((f"difference ({first['model']} - {o['model']})",
+                     {c: (round(first[c] - o[c], 4) if first[c] is not None and o[c] is not None else None)
+                      for c in METRICS}))
+    return rows
 
 
 def load_test_pairs(path: Path, limit: int | None = None) -> list[Pair]:
@@ -109,9 +174,64 @@ def load_test_pairs(path: Path, limit: int | None = None) -> list[Pair]:
     return pairs
 
 
-def _judge(judge: Provider, item: Item) -> tuple[float, str]:
+_FRACTION = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)(?![\d.])")
+_SCORE_WORD = re.compile(r"\b(?:score|grade|rating)\b\W{0,4}(\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+_BARE = re.compile(r"^\W*(\d+(?:\.\d+)?)\W*$")
+
+
+def _scaled(value: str, out_of: str | None) -> float | None:
+    score, top = float(value), float(out_of) if out_of else 5.0
+    if top <= 0:
+        return None
+    score = score / top * 5.0
+    return score if 0.0 <= score <= 5.0 else None
+
+
+def parse_judge_reply(text: str) -> tuple[float, str] | None:
+    """A 0-5 score (and reason) from a judge reply, tolerantly: JSON (also with prose or a fence
+    around it, a string score such as "4" or "4/5"), "Score: 4", "4/5", "8/10" (scaled) or a bare
+    number. None when no score in range can be found: a judge failure, never a 0."""
     from datakeg.parsing import _decode_all
 
+    text = strip_think(text or "")
+    for value in _decode_all(text):
+        if isinstance(value, dict):
+            key = next((k for k in value if str(k).lower() in ("score", "grade", "rating")), None)
+            if key is None:
+                continue
+            raw = value[key]
+            reason = str(value.get("reason") or value.get("explanation") or "")
+            if isinstance(raw, bool):
+                continue
+            if isinstance(raw, (int, float)):
+                got = _scaled(str(raw), None)
+            else:
+                m = _FRACTION.search(str(raw)) or re.search(r"(\d+(?:\.\d+)?)", str(raw))
+                got = _scaled(m.group(1), m.group(2) if m and m.re is _FRACTION else None) if m else None
+            if got is not None:
+                return got, reason
+    for pattern in (_SCORE_WORD, _FRACTION):
+        m = pattern.search(text)
+        if m:
+            got = _scaled(m.group(1), m.group(2))
+            if got is not None:
+                return got, text.strip()[:300]
+    m = _BARE.match(text)
+    if m:
+        got = _scaled(m.group(1), None)
+        if got is not None:
+            return got, ""
+    return None
+
+
+def _judge_item(judge: Provider, item: Item) -> None:
+    try:
+        item.judge, item.judge_reason = _judge(judge, item)
+    except ProviderRequestError as exc:
+        item.judge, item.judge_error = None, exc.message
+
+
+def _judge(judge: Provider, item: Item) -> tuple[float, str]:
     prompt = (f"Question: {item.question}\nReference answer: {item.reference}\nCandidate answer: {item.answer}\n\n"
               "Score the candidate from 0 (wrong or missing) to 5 (fully correct and complete, same facts as the "
               'reference). Reply as {"score": <0-5>, "reason": "<one sentence>"}.')
@@ -119,11 +239,17 @@ def _judge(judge: Provider, item: Item) -> tuple[float, str]:
                                         {"role": "user", "content": prompt}],
                                        schema=JUDGE_SCHEMA, temperature=0.0, max_tokens=200,
                                        task={"kind": "judge"}))
-    for value in _decode_all(reply.text):
-        if isinstance(value, dict) and "score" in value:
-            score = max(0.0, min(5.0, float(value["score"])))
-            return score / 5.0, str(value.get("reason", ""))
-    raise ProviderRequestError(f"judge reply without a score: {reply.text[:200]!r}")
+    parsed = parse_judge_reply(reply.text)
+    if parsed is None:
+        raise ProviderRequestError(f"judge reply without a usable 0-5 score: {reply.text[:200]!r}")
+    return round(parsed[0] / 5.0, 4), parsed[1]
+
+
+def question_messages(question: str, system_message: str | None = None) -> list[dict]:
+    """The one prompt every evaluated model gets: an optional system turn, then the question."""
+    messages = [{"role": "system", "content": system_message}] if system_message else []
+    messages.append({"role": "user", "content": question})
+    return messages
 
 
 def evaluate(pairs: list[Pair], provider: Provider, *, system_message: str | None = None,
@@ -135,22 +261,19 @@ def evaluate(pairs: list[Pair], provider: Provider, *, system_message: str | Non
     lock = threading.Lock()
 
     def one(item: Item) -> None:
-        messages = ([{"role": "system", "content": system_message}] if system_message else [])
-        messages.append({"role": "user", "content": item.question})
+        messages = question_messages(item.question, system_message)
         try:
             reply = provider.complete(ChatRequest(messages, schema=None, temperature=0.0, max_tokens=max_tokens,
                                                   task={"kind": "answer", "question": item.question}))
-            item.answer = reply.text.strip()
         except ProviderRequestError as exc:
             item.error = exc.message
-        item.exact = exact_match(item.answer, item.reference)
-        item.f1 = token_f1(item.answer, item.reference)
-        item.similarity = similarity(item.answer, item.reference)
-        if judge is not None and not item.error:
-            try:
-                item.judge, item.judge_reason = _judge(judge, item)
-            except ProviderRequestError as exc:
-                item.judge_reason = f"judge failed: {exc.message}"
+        else:
+            raw = (reply.text or "").strip()
+            item.answer = strip_think(raw)
+            item.raw_answer = raw if raw != item.answer else None
+            item.score()
+            if judge is not None:
+                _judge_item(judge, item)
         with lock:
             on_item(item)
 
@@ -159,25 +282,37 @@ def evaluate(pairs: list[Pair], provider: Provider, *, system_message: str | Non
     return report
 
 
-def markdown(reports: list[EvalReport]) -> str:
-    cols = ("questions", "errors", "exact_match", "token_f1", "similarity", "judge")
-    lines = ["# datakeg eval", "", "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+def summary_rows(reports: list[EvalReport]) -> list[list[str]]:
+    """The summary table (model, then SUMMARY_COLUMNS) with the difference rows, as text cells."""
+    rows = []
     for r in reports:
         s = r.summary()
-        lines.append(f"| {s['model']} | " + " | ".join("-" if s[c] is None else str(s[c]) for c in cols) + " |")
-    if len(reports) == 2:
-        a, b = (r.summary() for r in reports)
-        diff = [f"{a[c] - b[c]:+.4f}" if isinstance(a[c], float) and isinstance(b[c], float) else "-"
-                for c in cols[2:]]
-        lines.append(f"| difference ({a['model']} - {b['model']}) | | | " + " | ".join(diff) + " |")
+        rows.append([str(s["model"])] + ["-" if s[c] is None else str(s[c]) for c in SUMMARY_COLUMNS])
+    for label, diff in differences(reports):
+        rows.append([label] + [("-" if diff[c] is None else f"{diff[c]:+.4f}") if c in METRICS else ""
+                               for c in SUMMARY_COLUMNS])
+    return rows
+
+
+def markdown(reports: list[EvalReport]) -> str:
+    lines = ["# datakeg eval", "", "| model | " + " | ".join(SUMMARY_COLUMNS) + " |",
+             "|---|" + "---:|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(reports)]
+    lines += ["", "Averages cover the answered questions; failed questions and judge failures are counted apart. "
+              f"The {ECHO_MODEL} shows what repeating the question earns."]
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
     for r in reports:
         lines += ["", f"## {r.model}", "", "| # | question | reference | answer | EM | F1 | sim | judge |",
                   "|---:|---|---|---|---:|---:|---:|---:|"]
         for k, i in enumerate(r.items, 1):
-            cells = [i.question, i.reference, i.error and f"ERROR: {i.error}" or i.answer]
+            cells = [i.question, i.reference, i.error and f"FAILED: {i.error}" or i.answer]
             cells = [c.replace("|", "\\|").replace("\n", " ")[:200] for c in cells]
-            judge = "-" if i.judge is None else f"{i.judge:.2f}"
-            lines.append(f"| {k} | " + " | ".join(cells) + f" | {i.exact:.0f} | {i.f1:.2f} | {i.similarity:.2f} | {judge} |")
+            judge = "failed" if i.judge_error else num(i.judge, ".2f")
+            lines.append(f"| {k} | " + " | ".join(cells) + f" | {num(i.exact, '.0f')} | {num(i.f1, '.2f')} | "
+                         f"{num(i.similarity, '.2f')} | {judge} |")
     return "\n".join(lines) + "\n"
 
 

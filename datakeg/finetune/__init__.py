@@ -1,8 +1,8 @@
 """Fine-tune a small model on a datakeg output folder, then export it for Ollama.
 
-Backends: ``mlx`` (mlx-lm, Apple Silicon; also Linux CPU with ``mlx-lm[cpu]``) and ``torch``
-(transformers + peft LoRA; CUDA with bf16 and gradient checkpointing, or fp32 on the CPU for tiny
-models). Every row format datakeg writes is accepted; reasoning rows train the model to answer
+Backends: ``mlx`` (mlx-lm, for Apple Silicon; it also runs on a Linux CPU with ``mlx-lm[cpu]``, about
+40x slower than torch there, so it is never proposed on Linux) and ``torch`` (transformers + peft
+LoRA; CUDA with bf16 and gradient checkpointing, or fp32 on the CPU for small models). Every row format datakeg writes is accepted; reasoning rows train the model to answer
 with ``<think>reasoning</think>`` first.
 """
 
@@ -15,13 +15,9 @@ from pathlib import Path
 from datakeg.errors import ConfigError, DatakegError
 
 TORCH_HINT = 'pip install torch==2.13.0 && pip install -e ".[torch]"   (a CUDA build of torch on a GPU machine)'
-MLX_HINT = 'pip install -e ".[mlx]"   (on Linux without Apple Silicon: pip install "mlx-lm[cpu]")'
+MLX_HINT = 'pip install -e ".[mlx]"   (MLX is for Apple Silicon)'
 
-# Used only when the base model's tokenizer has no chat template (a base model): ChatML.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from datakeg.finetune.templates import DEFAULT_CHAT_TEMPLATE
 
 
 @dataclass
@@ -30,16 +26,18 @@ class FinetuneOptions:
     base_model: str
     output: Path
     backend: str = "auto"
-    epochs: float = 3.0
+    epochs: float = 10.0  # defaults measured: benchmarks/finetune_facts.py (README, finetune)
     batch_size: int = 4
-    learning_rate: float = 2e-4
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
+    learning_rate: float = 1e-3
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     max_length: int = 1024
     system_message: str | None = None
     seed: int = 0
-    gradient_checkpointing: bool | None = None  # default: on with CUDA
+    gradient_checkpointing: bool | None = None  # default: on with CUDA, or when the memory estimate needs it
+    save_every: int = 50  # checkpoint every N steps (and at the end of each epoch); 0: epochs only
+    resume: bool = False  # continue from OUTPUT/checkpoints' newest checkpoint
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -61,9 +59,10 @@ def pick_backend(requested: str) -> str:
     except ImportError:
         pass
     raise ConfigError(
-        "--backend auto found neither Apple Silicon (MLX) nor a CUDA GPU (PyTorch).",
-        "On a CPU, pick one explicitly for small models: --backend torch (fp32) or --backend mlx "
-        '(with pip install "mlx-lm[cpu]"). Training a multi-billion-parameter model on a CPU is not practical.',
+        "--backend auto found no CUDA GPU for PyTorch (and MLX is for Apple Silicon only).",
+        "For a small model (up to about 0.5B parameters) pass --backend torch to train on this CPU in fp32 "
+        "(slow: seconds per step); for anything larger use a machine with an NVIDIA GPU and a CUDA build "
+        "of torch. " + TORCH_HINT,
     )
 
 

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from datakeg.errors import ConfigError, DatakegError
-from datakeg.finetune import DEFAULT_CHAT_TEMPLATE, MLX_HINT, FinetuneOptions
+from datakeg.finetune import MLX_HINT, FinetuneOptions
+from datakeg.finetune.templates import ensure_chat_template
 
 
 def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict:
@@ -26,6 +27,9 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
     except ImportError as exc:
         raise DatakegError(f"--backend mlx needs {exc.name}, which is not installed.", MLX_HINT) from None
 
+    if opts.resume:
+        raise ConfigError("--resume is supported by --backend torch only.",
+                          "Run the mlx backend without --resume, or use --backend torch.")
     mx.random.seed(opts.seed)
     progress({"event": "load", "message": f"loading {opts.base_model} with MLX on {mx.default_device()}"})
     try:
@@ -34,8 +38,7 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
         raise DatakegError(f"cannot load --base-model {opts.base_model} with mlx-lm: {exc}",
                            "Pass a local model folder (Hugging Face format) of an architecture mlx-lm supports.") from None
     hf_tok = getattr(tokenizer, "_tokenizer", tokenizer)
-    if not getattr(hf_tok, "chat_template", None):
-        hf_tok.chat_template = DEFAULT_CHAT_TEMPLATE
+    ensure_chat_template(hf_tok)
 
     def dataset(rows):
         return CacheDataset(ChatDataset([{"messages": c.messages} for c in rows], tokenizer, mask_prompt=True))
@@ -57,7 +60,7 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
     adapter_dir.mkdir(parents=True, exist_ok=True)
     args = TrainingArgs(batch_size=opts.batch_size, iters=iters, val_batches=-1, steps_per_report=1,
                         steps_per_eval=max(1, iters // max(1, math.ceil(opts.epochs))),
-                        steps_per_save=iters, adapter_file=str(adapter_dir / "adapters.safetensors"),
+                        steps_per_save=min(iters, opts.save_every or iters), adapter_file=str(adapter_dir / "adapters.safetensors"),
                         max_seq_length=opts.max_length, grad_checkpoint=bool(opts.gradient_checkpointing))
     history, losses = [], []
 

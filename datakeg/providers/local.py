@@ -110,6 +110,30 @@ def bundled_tokenizer(report=lambda message: None):
     return gguf_tokenizer(Path(assemble()), report)
 
 
+ANSWER_NO_REPEAT_NGRAM = 5
+
+
+class NoRepeatInAnswer:
+    """Logits processor: within the generated answer (not the prompt, which an answer may quote),
+    a token that would repeat an N-gram already generated is banned. Small models otherwise loop
+    on a phrase until the token limit. (transformers' no_repeat_ngram_size also counts the prompt.)"""
+
+    def __init__(self, prompt_len: int, n: int):
+        self.prompt_len, self.n = prompt_len, n
+
+    def __call__(self, input_ids, scores):
+        for row in range(input_ids.shape[0]):
+            gen = input_ids[row, self.prompt_len:].tolist()
+            if len(gen) < self.n:
+                continue
+            prefix = tuple(gen[len(gen) - self.n + 1:])
+            banned = {gen[i + self.n - 1] for i in range(len(gen) - self.n + 1)
+                      if tuple(gen[i:i + self.n - 1]) == prefix}
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
+
 class LocalProvider(Provider):
     name = "local"
     description = ("the bundled offline model (Gemma 3 270M base) run in-process by torch on this machine: "
@@ -219,35 +243,34 @@ class LocalProvider(Provider):
         return Completion(text, int(inputs["input_ids"].shape[1]), int(new.shape[0]))
 
     def _chat(self, request: ChatRequest) -> Completion:
-        """Answer a conversation: through the model's chat template when it has one (a model
-        fine-tuned by datakeg does), else few-shot question/answer prompting for a base model."""
+        """Answer a conversation through the model's chat template, rendered exactly as fine-tuning
+        renders it (datakeg.finetune.templates): a base model without a template gets ChatML with
+        its BOS, the same prompt a model tuned from it gets, so base and tuned are compared on
+        equal terms. Greedy, with repetition control inside the answer (no 5-gram twice) and a stop
+        at the end-of-turn marker."""
         import torch
 
+        from datakeg.finetune.templates import render, stop_markers, text_ids
+
         tok = self._tokenizer
-        if getattr(tok, "chat_template", None):
-            prompt = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
-            # end-of-turn markers that are plain text for this tokenizer still end the answer
-            stops = [m for m in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>")
-                     if m in tok.chat_template] or None
-        else:
-            system = "".join(m["content"] + "\n\n" for m in request.messages if m["role"] == "system")
-            prompt = (f"{system}Question: What command installs the package?\nAnswer: Run `pip install package`.\n\n"
-                      f"Question: {request.messages[-1]['content']}\nAnswer:")
-            stops = ["\n\n", "\nQuestion:"]
+        prompt = render(tok, request.messages, add_generation_prompt=True)
+        stops = stop_markers(tok)
+        ids = text_ids(tok, prompt)
         with self._lock:
-            templated = bool(getattr(tok, "chat_template", None))
-            inputs = tok(prompt, return_tensors="pt", add_special_tokens=not templated).to(self._device)
+            inputs = torch.tensor([ids], device=self._device)
             with torch.inference_mode():
                 output = self._model.generate(
-                    **inputs, max_new_tokens=min(request.max_tokens or 256, 512), do_sample=False,
-                    stop_strings=stops, tokenizer=tok if stops else None,
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                    input_ids=inputs, attention_mask=torch.ones_like(inputs),
+                    max_new_tokens=min(request.max_tokens or 256, 512), do_sample=False,
+                    logits_processor=[NoRepeatInAnswer(len(ids), ANSWER_NO_REPEAT_NGRAM)],
+                    stop_strings=stops or None, tokenizer=tok if stops else None,
+                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                 )
-        new = output[0][inputs["input_ids"].shape[1]:]
+        new = output[0][len(ids):]
         text = tok.decode(new, skip_special_tokens=True)
-        for stop in stops or ():
+        for stop in stops:
             text = text.split(stop)[0]
-        return Completion(text.strip(), int(inputs["input_ids"].shape[1]), int(new.shape[0]))
+        return Completion(text.strip(), len(ids), int(new.shape[0]))
 
     def describe(self) -> dict:
         return {"provider": self.name, "model": self.model or BUNDLED, "device": self._device}

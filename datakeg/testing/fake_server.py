@@ -150,6 +150,15 @@ def closed_book(messages: list[dict], model: str, answers: dict[str, str]) -> st
         cand = prompt.split("Candidate answer: ", 1)[1].split("\n\n", 1)[0]
         a, b = normalize_answer(ref), normalize_answer(cand)
         score = 5 if a == b else 2 if set(a.split()) & set(b.split()) else 0
+        # the judge model's name picks the reply's shape, to test tolerant parsing of real judges
+        styles = {"judge-fraction": f"{score}/5",
+                  "judge-scoreword": f"Score: {score}\nThe candidate is graded against the reference.",
+                  "judge-string": json.dumps({"score": str(score), "reason": "string score"}),
+                  "judge-prose": f'Here is my grade.\n{{"score": {score}, "reason": "prose around"}}\nThanks.',
+                  "judge-think": f'<think>Compare the facts.</think>{{"score": {score}, "reason": "thought"}}',
+                  "judge-broken": "I am unable to grade this answer."}
+        if model in styles:
+            return styles[model]
         return json.dumps({"score": score, "reason": f"fake judge: {score}/5"})
     return answers.get(f"{model}\x00{prompt}", answers.get(prompt, "I do not know."))
 
