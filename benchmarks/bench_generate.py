@@ -1,21 +1,32 @@
-"""datakeg generate benchmark: speed vs the latency-bound limit, prompt economy vs the naive
-scheme, and audit/dedupe time. Prints tables; no assertions (see README, "Benchmarks").
+"""datakeg generate benchmark: speed against the latency-bound limit on three corpus shapes, one
+and two model servers, prompt economy, prefix-cache share, client CPU and memory. Prints tables;
+no assertions (see README, "Benchmarks").
 
-    python benchmarks/bench_generate.py [--corpus ../shared/corpus] [--latency 0.2]
-        [--concurrency 1 4 8 16] [--pairs 10000 100000]
+    python benchmarks/bench_generate.py                 # everything, about 6 minutes on 2 cores
+    python benchmarks/bench_generate.py --shapes skewed --concurrency 8 32
+    python benchmarks/bench_generate.py --memory-pairs 100000   # peak client memory at 100k pairs
 
-The model is the bundled fake LLM server (real HTTP on 127.0.0.1, fixed latency per request);
-token counts are the server's estimate (characters / 4) for both schemes alike.
+The model is the bundled fake LLM server in its own process (real HTTP on 127.0.0.1, a fixed
+latency per request, a simulated prefix cache); token counts are its estimate (characters / 4).
+
+Shapes:
+  corpus  ../shared/corpus when it exists, else testdoc/ (the project's own pages)
+  skewed  one 45k-character reference page plus five small pages (Chinese, Japanese, a 400-character
+          page, a README, a .rst.txt), at --pairs-per-1k 3
+  many    500 small generated documents (600-1,500 characters each)
+
+The limit is requests x latency / concurrency: what a client that never waits on itself would take.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import random
+import shutil
 import socket
 import subprocess
-import shutil
 import sys
 import tempfile
 import time
@@ -25,19 +36,44 @@ import datakeg
 from datakeg.prompts import SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "corpus"
 
 
-def run_generate(corpus: Path, latency: float, concurrency: int, work: Path):
-    """One full run through the public API (lock, fingerprint, audit, manifest, merge)."""
-    plan = datakeg.plan(corpus).plan
-    out = work / f"c{concurrency}"
-    shutil.rmtree(out, ignore_errors=True)
-    with fake_server_process(latency) as url:
-        start = time.perf_counter()
-        result = datakeg.generate(corpus, out, provider="openai", base_url=url, model="fake-model",
-                                  concurrency=concurrency)
-        wall = time.perf_counter() - start
-    return plan, result.manifest, wall, out
+def _words(rng: random.Random, n: int) -> list[str]:
+    syll = ["ka", "lo", "mi", "ren", "tos", "vel", "qua", "dri", "sen", "por", "lin", "gat", "fyr", "zum", "bex"]
+    return ["".join(rng.choice(syll) for _ in range(rng.randint(2, 4))) for _ in range(n)]
+
+
+def _prose(rng: random.Random, chars: int) -> str:
+    out, size = [], 0
+    while size < chars:
+        sentence = " ".join(_words(rng, rng.randint(8, 16))).capitalize() + "."
+        out.append(sentence)
+        size += len(sentence) + 1
+    return " ".join(out)
+
+
+def make_skewed(dest: Path) -> Path:
+    rng = random.Random(11)
+    dest.mkdir(parents=True, exist_ok=True)
+    parts = ["# Frobnicator reference\n"]
+    for h in range(24):
+        parts.append(f"## Section {h}: {' '.join(_words(rng, 3))}\n\n{_prose(rng, 1700)}\n")
+    (dest / "reference.md").write_text("\n".join(parts))
+    for rel in ("zh/quickstart.md", "ja/quickstart.md", "README.md", "guide/ci.rst.txt"):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "testdoc" / rel, dest / rel)
+    (dest / "tiny.md").write_text("# Tiny\n\n" + _prose(rng, 380) + "\n")
+    return dest
+
+
+def make_many(dest: Path, n: int = 500) -> Path:
+    rng = random.Random(13)
+    for k in range(n):
+        path = dest / f"d{k // 50:02d}" / f"page{k:03d}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# Page {k}\n\n{_prose(rng, rng.randint(600, 1500))}\n")
+    return dest
 
 
 @contextlib.contextmanager
@@ -54,6 +90,21 @@ def fake_server_process(latency: float):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def run_generate(corpus: Path, latency: float, concurrency: int, work: Path, servers: int = 1, **settings):
+    """One full run through the public API (lock, fingerprint, audit, manifest, merge)."""
+    out = work / f"run-{concurrency}-{servers}"
+    shutil.rmtree(out, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(fake_server_process(latency)) for _ in range(servers)]
+        cpu = time.process_time()
+        start = time.perf_counter()
+        result = datakeg.generate(corpus, out, provider="openai", base_url=urls, model="fake-model",
+                                  concurrency=concurrency, **settings)
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+    return result.manifest, wall, cpu, out
 
 
 def naive_figures(plan, out: Path) -> tuple[float, int, int]:
@@ -120,41 +171,116 @@ def bench_quality(n: int) -> tuple[float, float]:
     return audit_s, dedupe_s
 
 
+def chain_length(corpus: Path, settings: dict) -> int:
+    """Requests that must run one after another in the longest document: per split round, the
+    chunk that needs the most batches (valid waits for the document's train, test for valid)."""
+    from datakeg.planning import batches
+    from datakeg.settings import Settings
+
+    s = Settings.build(**settings)
+    plan = datakeg.plan(corpus, **settings).plan
+    return max(sum(max(len(batches(t[sp], s.batch_size)) for t in dp.targets) for sp in ("train", "valid", "test"))
+               for dp in plan.docs)
+
+
+def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Path) -> None:
+    print(f"fake server latency {latency * 1000:.0f} ms per request (the many-documents shape: a quarter of it)")
+    print("limit = max(requests x latency / concurrency, longest chain of dependent requests x latency)\n")
+    for corpus, settings, _ in shapes.values():  # warm-up: imports and one-time model loads are not the run
+        run_generate(corpus, 0.0, 8, work, **settings)
+    print(f"{'shape':<8} {'conc.':>5} {'requests':>8} {'wall s':>7} {'limit s':>7} {'wall/limit':>10} {'pairs':>6} "
+          f"{'prompt tok/pair':>15} {'largest prompt':>14} {'prefix share':>12} {'cached/prompt':>13} "
+          f"{'client CPU s/1k pairs':>21}")
+    for name, (corpus, settings, lat_factor) in shapes.items():
+        lat = latency * lat_factor
+        chain = chain_length(corpus, settings)
+        for c in concurrencies:
+            m, wall, cpu, _ = run_generate(corpus, lat, c, work, **settings)
+            t = m["totals"]
+            limit = max(t["requests"] * lat / c, chain * lat)
+            pairs = sum(t["delivered"].values())
+            print(f"{name:<8} {c:>5} {t['requests']:>8} {wall:>7.2f} {limit:>7.2f} {wall / limit:>9.2f}x {pairs:>6} "
+                  f"{t['prompt_tokens'] / pairs:>15.0f} {t['max_prompt_tokens']:>14,} {t['prompt_prefix_share']:>12.2f} "
+                  f"{(t['cached_prompt_tokens'] or 0) / t['prompt_tokens']:>13.2f} {cpu / pairs * 1000:>21.2f}",
+                  flush=True)
+
+
+def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: int, work: Path) -> None:
+    print(f"\n{'servers':>7} {'conc. each':>10} {'requests':>8} {'wall s':>7} {'pairs/s':>8} {'speed-up':>8}")
+    base = None
+    for servers in (1, 2):
+        m, wall, _, _ = run_generate(corpus, latency, concurrency, work, servers=servers, **settings)
+        t = m["totals"]
+        rate = sum(t["delivered"].values()) / wall
+        base = base or rate
+        print(f"{servers:>7} {concurrency:>10} {t['requests']:>8} {wall:>7.2f} {rate:>8.1f} {rate / base:>7.2f}x",
+              flush=True)
+
+
+def memory_run(pairs: int, work: Path) -> None:
+    """Peak client memory for a run of about ``pairs`` pairs (no latency), in a child process."""
+    corpus = make_many(work / "mem-corpus", n=max(1, pairs // 100))
+    code = (
+        "import json, resource, sys, time, datakeg\n"
+        "t = time.process_time()\n"
+        f"r = datakeg.generate({str(corpus)!r}, {str(work / 'mem-out')!r}, provider='openai', "
+        "base_url=sys.argv[1], model='fake-model', concurrency=32, pairs_per_1k=100)\n"
+        "print(json.dumps({'pairs': sum(r.delivered.values()), 'requests': r.manifest['totals']['requests'], "
+        "'cpu': time.process_time() - t, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+    with fake_server_process(0.0) as url:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - start
+    if proc.returncode:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        return
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\n{'pairs':>8} {'requests':>8} {'wall s':>7} {'client CPU s':>12} {'CPU s/1k pairs':>14} {'peak MB':>8}")
+    print(f"{r['pairs']:>8,} {r['requests']:>8,} {wall:>7.1f} {r['cpu']:>12.1f} {r['cpu'] / r['pairs'] * 1000:>14.2f} "
+          f"{r['peak_mb']:>8.0f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared = ROOT.parent / "shared" / "corpus"
-    ap.add_argument("--corpus", type=Path, default=shared if shared.is_dir() else ROOT / "testdoc",
-                    help="documents to generate from (default: ../shared/corpus, else testdoc/)")
+    ap.add_argument("--corpus", type=Path, default=SHARED if SHARED.is_dir() else ROOT / "testdoc")
+    ap.add_argument("--shapes", nargs="+", default=["corpus", "skewed", "many"])
     ap.add_argument("--latency", type=float, default=0.2)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    ap.add_argument("--pairs", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--endpoints", action="store_true", default=None, help="only the one-vs-two servers run")
+    ap.add_argument("--pairs", type=int, nargs="*", default=[], help="also time the audit/dedupe on N synthetic pairs")
+    ap.add_argument("--memory-pairs", type=int, default=0, help="also measure peak client memory at about N pairs")
     args = ap.parse_args(argv)
-    if not args.corpus.is_dir():
-        print(f"corpus not found: {args.corpus}", file=sys.stderr)
-        return 2
     work = Path(tempfile.mkdtemp(prefix="datakeg-bench-"))
     try:
-        print(f"Corpus {args.corpus}: fake server latency {args.latency * 1000:.0f} ms per request\n")
-        print(f"{'concurrency':>11} {'requests':>8} {'wall s':>7} {'limit s':>7} {'wall/limit':>10} {'pairs':>6}")
-        last = None
-        for c in args.concurrency:
-            plan, manifest, wall, out = run_generate(args.corpus, args.latency, c, work)
-            t = manifest["totals"]
-            limit = t["requests"] * args.latency / c
+        shapes = {}
+        if "corpus" in args.shapes:
+            shapes["corpus"] = (args.corpus, {}, 1.0)
+        if "skewed" in args.shapes:
+            shapes["skewed"] = (make_skewed(work / "skewed"), {"pairs_per_1k": 3}, 1.0)
+        if "many" in args.shapes:
+            shapes["many"] = (make_many(work / "many"), {}, 0.25)
+        print(f"corpus shape: {args.corpus}")
+        if not args.endpoints:
+            speed_table(shapes, args.concurrency, args.latency, work)
+        first = next(iter(shapes.values()))
+        endpoints_table(first[0], first[1], args.latency, 8, work)
+        if not args.endpoints and "corpus" in shapes:
+            m, _, _, out = run_generate(args.corpus, 0.0, 8, work)
+            t = m["totals"]
+            plan = datakeg.plan(args.corpus).plan
+            naive = naive_figures(plan, out)
             pairs = sum(t["delivered"].values())
-            print(f"{c:>11} {t['requests']:>8} {wall:>7.2f} {limit:>7.2f} {wall / limit:>9.2f}x {pairs:>6}")
-            last = (plan, manifest, out)
-        plan, manifest, out = last
-        t = manifest["totals"]
-        pairs = sum(t["delivered"].values())
-        naive = naive_figures(plan, out)
-        print(f"\n{'scheme':<8} {'prompt tokens/pair':>18} {'largest prompt':>15} {'most pairs/request':>19}")
-        print(f"{'datakeg':<8} {t['prompt_tokens'] / pairs:>18.0f} {t['max_prompt_tokens']:>15,} {t['max_pairs_asked']:>19}")
-        print(f"{'naive':<8} {naive[0]:>18.0f} {naive[1]:>15,} {naive[2]:>19}")
-        print(f"\n{'pairs':>8} {'audit s':>8} {'dedupe s':>9}")
-        for n in args.pairs:
-            audit_s, dedupe_s = bench_quality(n)
-            print(f"{n:>8,} {audit_s:>8.2f} {dedupe_s:>9.2f}")
+            print(f"\n{'scheme':<8} {'prompt tokens/pair':>18} {'largest prompt':>15} {'most pairs/request':>19}")
+            print(f"{'datakeg':<8} {t['prompt_tokens'] / pairs:>18.0f} {t['max_prompt_tokens']:>15,} "
+                  f"{t['max_pairs_asked']:>19}")
+            print(f"{'naive':<8} {naive[0]:>18.0f} {naive[1]:>15,} {naive[2]:>19}")
+        if args.pairs:
+            print(f"\n{'pairs':>8} {'audit s':>8} {'dedupe s':>9}")
+            for n in args.pairs:
+                audit_s, dedupe_s = bench_quality(n)
+                print(f"{n:>8,} {audit_s:>8.2f} {dedupe_s:>9.2f}")
+        if args.memory_pairs:
+            memory_run(args.memory_pairs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
