@@ -260,3 +260,40 @@ def test_server_prefix_cache_and_prompt_prefix_share_are_reported(server, tmp_pa
     assert 0 < t["cached_prompt_tokens"] < t["prompt_tokens"]
     # later requests for a chunk repeat its first request's start: system prompt, document, excerpt
     assert 0.3 < t["prompt_prefix_share"] < 1
+
+
+def test_a_second_process_is_refused_while_a_run_holds_out(tmp_path):
+    out = tmp_path / "o"
+    with FakeLLMServer(latency=0.05) as srv:
+        first = subprocess.Popen(cmd(srv, TESTDOC, out, "-c", "1"), cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while len(srv.requests) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        second = subprocess.run(cmd(srv, TESTDOC, out, "-c", "1"), cwd=ROOT, capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert f"is being written by datakeg generate (pid {first.pid}" in second.stderr
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        requests = len(srv.requests)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["totals"]["requests"] == requests  # nobody else paid for work
+
+
+def test_tiny_documents_still_fill_every_split(tmp_path):
+    """3,000 one-pair documents once all went to train; the shares now hold for the dataset."""
+    import datakeg
+
+    src = tmp_path / "docs"
+    for k in range(3000):
+        path = src / f"d{k // 100}" / f"p{k}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# Page {k}\n\nThe option number {k} sets the size of buffer {k}.\n")
+    dry = datakeg.plan(src, pairs_per_1k=1)
+    assert dry.plan.by_split == {"train": 1800, "valid": 600, "test": 600} and dry.warnings == []
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.md").write_text("# A\n\nThe only fact.\n")
+    dry = datakeg.plan(one, pairs_per_1k=1)
+    assert dry.plan.by_split["train"] == 1 and len(dry.warnings) == 2 and "valid split will be empty" in dry.warnings[0]
