@@ -27,7 +27,7 @@ from datakeg.errors import BudgetExhausted, DatakegError
 from datakeg.journal import Journal
 from datakeg.planning import Plan
 from datakeg.providers.base import Provider
-from datakeg.records import Reject, to_row
+from datakeg.records import Pair, Reject, to_row
 from datakeg.rounds import DocResult, DocumentRunner
 from datakeg.settings import Settings
 from datakeg.targets import SPLITS
@@ -70,7 +70,13 @@ class Generator:
     def _write_document(self, res: DocResult) -> None:
         s = self.settings
         for split in SPLITS:
-            rows = (to_row(p, s.format, s.reasoning_format, s.system_message) for p in res.pairs(split))
+            pairs = []
+            for i, slot in enumerate(res.slots):
+                for j, p in enumerate(slot[split].pairs):
+                    pairs.append(p)
+                    if split == "train":  # rewordings right after their original, with its answer
+                        pairs += [Pair(q, p.answer, p.reasoning) for q in res.paraphrases.get((i, j), [])]
+            rows = (to_row(p, s.format, s.reasoning_format, s.system_message) for p in pairs)
             atomic_write_jsonl(per_file_path(self.out, res.plan.output, split), rows)
 
     def _manifest(self, status, plan, results, source, started, audit=None, stop_reason=None) -> dict:
@@ -120,6 +126,7 @@ class Generator:
             for f in [doc_pool.submit(one, k) for k in range(len(plan.docs))]:
                 f.result()
             audit = self._audit(results, chunk_pool) if self.settings.effective_leakage > 0 else None
+            self._paraphrase_report = self._paraphrase(results, chunk_pool) if self.settings.paraphrases else None
         except BaseException as exc:
             self.caller.stop(exc if isinstance(exc, DatakegError) else BudgetExhausted("interrupted"))
             doc_pool.shutdown(wait=True, cancel_futures=True)
@@ -136,12 +143,90 @@ class Generator:
         doc_pool.shutdown()
         chunk_pool.shutdown()
         self.journal.close()
-        rejects = [r for res in results for r in res.rejects] + self._audit_rejects
+        rejects = [r for res in results for r in res.rejects] + self._audit_rejects + self._paraphrase_rejects
         atomic_write_jsonl(self.out / REJECTS, (r.to_dict() for r in rejects))
         merge(self.out)
         manifest = self._manifest("complete", plan, results, source, started, audit)
+        if self._paraphrase_report is not None:
+            manifest["paraphrases"] = self._paraphrase_report
+            for f, res in zip(manifest["files"], results):
+                f["paraphrases"] = sum(len(v) for v in res.paraphrases.values())
         atomic_write_json(self.out / MANIFEST, manifest)
         return RunResult(manifest, self.stats)
+
+    # -- paraphrased train questions ------------------------------------------------------
+    _paraphrase_rejects: list[Reject] = []
+    _paraphrase_report: dict | None = None
+
+    def _paraphrase(self, results: list[DocResult], pool: PriorityPool) -> dict:
+        """K rewordings per train question (see :mod:`datakeg.paraphrase`), never near a valid or
+        test question of the dataset. Batches run in parallel; results are used in batch order."""
+        from collections import Counter
+
+        from datakeg import paraphrase as para
+        from datakeg.leakage import find_leaks
+        from datakeg.prompts import excerpt_tag
+        from datakeg.providers.base import ChatRequest
+        from datakeg.quality import normalize_question
+
+        k = self.settings.paraphrases
+        jobs = [(d, i, start) for d, res in enumerate(results) for i, slot in enumerate(res.slots)
+                for start in range(0, len(slot["train"].pairs), para.BATCH)]
+
+        def ask(d: int, i: int, start: int):
+            res = results[d]
+            chunk = res.plan.chunks[i]
+            qs = [p.question for p in res.slots[i]["train"].pairs[start:start + para.BATCH]]
+            messages = para.build_messages(chunk_text=chunk.text, tag=excerpt_tag(chunk.text, *qs), questions=qs,
+                                           k=k, language=res.plan.language)
+            request = ChatRequest(messages, schema=para.SCHEMA, temperature=self.settings.temperature,
+                                  max_tokens=100 + 40 * k * len(qs), seed=self.settings.seed,
+                                  task={"kind": "paraphrase", "questions": qs, "k": k})
+            return qs, self.caller.call(request, 0, chunk=f"{res.plan.doc.relpath}#{i}")
+
+        replies = [f.result() for f in [pool.submit(ask, *job) for job in jobs]]
+        self._paraphrase_rejects = []
+        dropped: Counter = Counter()
+        taken = {d: {normalize_question(p.question) for s in res.slots for sp in SPLITS for p in s[sp].pairs}
+                 for d, res in enumerate(results)}
+        cands: list[tuple[int, int, int, str]] = []  # (doc, chunk, pair index, rewording)
+        for (d, i, start), (qs, reply) in zip(jobs, replies):
+            where = dict(source=results[d].plan.doc.relpath, chunk=i, split="train")
+            if reply.text is None:
+                dropped["request_failed"] += 1
+                self._paraphrase_rejects.append(Reject("request_failed", error=f"paraphrases: {reply.error}", **where))
+                continue
+            got = para.parse(reply.text, len(qs))
+            if not got:
+                dropped["unparseable"] += 1
+                self._paraphrase_rejects.append(Reject("unparseable_reply", error="no paraphrases found",
+                                                       raw=reply.text, **where))
+                continue
+            for n, q in enumerate(qs):
+                kept, left = para.accept(q, got.get(n, []), k, taken[d])
+                cands += [(d, i, start + n, text) for text in kept]
+                for text, reason in left:
+                    dropped[reason] += 1
+                    self._paraphrase_rejects.append(Reject("dropped_pair", reason=f"paraphrase_{reason}",
+                                                           question=text, similar_question=q, **where))
+        # no rewording may come near a held-out question: valid/test (as "train", kept) vs rewordings
+        held = [p.question for res in results for s in res.slots for sp in ("valid", "test") for p in s[sp].pairs]
+        leaks = find_leaks(held + [c[3] for c in cands], ["train"] * len(held) + ["valid"] * len(cands),
+                           [0] * (len(held) + len(cands)), self.settings.effective_leakage or 1.0) if cands else []
+        leaked = {lk.index - len(held): lk for lk in leaks if lk.index >= len(held) and lk.other < len(held)}
+        for n, (d, i, j, text) in enumerate(cands):
+            if n in leaked:
+                dropped["leakage"] += 1
+                self._paraphrase_rejects.append(Reject(
+                    "dropped_pair", reason="paraphrase_leakage", source=results[d].plan.doc.relpath, chunk=i,
+                    split="train", question=text, similar_question=held[leaked[n].other],
+                    similarity=round(leaked[n].score, 3)))
+                continue
+            results[d].paraphrases.setdefault((i, j), []).append(text)
+        for res in results:
+            self._write_document(res)
+        kept_total = sum(len(v) for res in results for v in res.paraphrases.values())
+        return {"per_question": k, "added": kept_total, "requests": len(jobs), "dropped": dict(sorted(dropped.items()))}
 
     # -- dataset-wide leakage audit with backfill -------------------------------------------
     _audit_rejects: list[Reject] = []

@@ -47,6 +47,8 @@ class DocResult:
 
     plan: DocPlan
     slots: list[dict[str, Slot]]
+    # (chunk, index of a train pair) -> rewordings of its question (--paraphrases)
+    paraphrases: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
     def pairs(self, split: str) -> list[Pair]:
         return [p for s in self.slots for p in s[split].pairs]

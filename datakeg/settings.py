@@ -58,6 +58,9 @@ class Settings:
                                    "(char n-gram) cosine similarity this high to a question of an earlier split "
                                    "(or of the same split in another document), and ask again.")
     no_audit: bool = opt(False, "Skip the leakage audit.")
+    paraphrases: int = opt(0, "Add this many rewordings of each train question (same answer, train only, kept "
+                           "clear of every valid/test question), so a fine-tuned model learns the facts rather than "
+                           "one wording. Needs an instruct model.")
     # -- how the run goes (not part of the output's identity) ------------------------------
     structured: str = opt("auto", "Structured output: a JSON schema, plain JSON mode, or none. auto uses the "
                           "schema and steps down if the server rejects it.", shapes=False, choices=STRUCTURED)
@@ -122,6 +125,7 @@ class Settings:
         _range(self.batch_size, 1, 200, "--batch-size", "")
         _range(self.max_attempts, 0, 100, "--max-attempts", "")
         _range(self.avoid_cap, 0, 1000, "avoid_cap", "")
+        _range(self.paraphrases, 0, 10, "--paraphrases", "0 switches them off")
         _range(self.request_timeout, 0.001, 86400, "--request-timeout", "seconds")
         _range(self.max_retries, 0, 100, "--max-retries", "")
         _range(self.wait_for_model, 0, 86400, "--wait-for-model", "seconds")

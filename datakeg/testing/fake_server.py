@@ -28,6 +28,8 @@ the same requests fail whatever order concurrent clients send them in, and a ret
   emptychoices  answer HTTP 200 with no choices (Ollama: no message)
   nullcontent answer HTTP 200 whose message content is null
   huge        answer with a reply of HUGE_REPLY_CHARS characters (over any sane size cap)
+  leakyparaphrase  to a `--paraphrases` prompt, slip a valid/test question it wrote earlier in as a
+              rewording (a held-out question must never reach train)
 The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)`` instead makes every
 request (models and tags too) without ``Authorization: Bearer <api_key>`` fail with ``auth_status``.
 
@@ -49,7 +51,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
+FAULTS = ("leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
           "huge")
 HUGE_REPLY_CHARS = 1_200_000  # characters of the ``huge`` reply (datakeg refuses replies over 1 MB)
@@ -141,6 +143,27 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     return body
 
 
+PARAPHRASE_MARKER = "Rewrite each numbered question below"
+_REWRITES = ("Could you tell me: {q}", "I would like to know this. {q}", "Quick question about the docs: {q}",
+             "Please explain. {q}", "One more thing. {q}")
+
+
+def answer_paraphrases(prompt: str, planted: list[str] = ()) -> str:
+    """Rewordings for a `--paraphrases` prompt: each question gets K fixed rewrites (``planted``:
+    questions slipped in as extra rewrites of the first one, e.g. a held-out question)."""
+    k = int(re.search(r"in (\d+) different way", prompt).group(1))
+    block = prompt.split(PARAPHRASE_MARKER, 1)[1]
+    items = []
+    for line in block.splitlines():
+        m = re.match(r"^(\d+)\. (.+)$", line)
+        if m:
+            q = m.group(2)
+            items.append({"index": int(m.group(1)), "questions": [r.format(q=q) for r in _REWRITES[:k]]})
+    if items and planted:
+        items[0]["questions"] = list(planted) + items[0]["questions"]
+    return json.dumps({"paraphrases": items})
+
+
 def closed_book(messages: list[dict], model: str, answers: dict[str, str]) -> str:
     prompt = str(messages[-1].get("content", "")) if messages else ""
     if "Candidate answer:" in prompt and "Reference answer:" in prompt:
@@ -181,6 +204,7 @@ class FakeLLMServer:
         self.chat_count = 0
         self.seen: dict[int, int] = {}
         self.prefixes: set[bytes] = set()  # prompt prefixes seen (for the prefix-cache figures)
+        self.heldout: list[str] = []  # questions it wrote for valid/test (for the leakyparaphrase fault)
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -351,8 +375,19 @@ class FakeLLMServer:
                 prompt = "\n".join(str(m.get("content", "")) for m in messages)
                 fmt = body.get("format") if ollama else body.get("response_format")
                 reasoning = '"reasoning"' in json.dumps(fmt) if fmt else '"reasoning"' in prompt
-                if _EXCERPT.search(prompt):
+                if PARAPHRASE_MARKER in prompt:
+                    with server.lock:
+                        planted = list(server.heldout[:1]) if "leakyparaphrase" in active else []
+                    text = answer_paraphrases(prompt, planted)
+                elif _EXCERPT.search(prompt):
                     text = answer_prompt(prompt, reasoning, active)
+                    if "(for the valid set)" in prompt or "(for the test set)" in prompt:
+                        try:
+                            held = [p["question"] for p in json.loads(text).get("pairs", [])]
+                        except (ValueError, AttributeError, TypeError, KeyError):
+                            held = []
+                        with server.lock:
+                            server.heldout.extend(held)
                 else:
                     text = closed_book(messages, model, server.answers)
                 if "huge" in active:
