@@ -30,7 +30,7 @@ TRIES = 2  # judge requests per batch before its pairs are dropped as unjudged
 class JudgeCaller(Caller):
     """A :class:`Caller` for the judge's provider that shares everything else with ``parent``."""
 
-    def __init__(self, parent: Caller, provider: Provider):  # noqa: super().__init__ on purpose not called
+    def __init__(self, parent: Caller, provider: Provider):  # super().__init__ is not called on purpose
         self.__dict__.update(parent.__dict__)
         self.parent = parent
         self.provider = provider
