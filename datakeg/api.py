@@ -137,6 +137,11 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     try:
         provs = _ready_endpoints(provs, s.wait_for_model, cb)  # before any work: says what to run when unavailable
         prov = provs[0]
+        from datakeg.judge import judge_provider
+
+        judge = judge_provider(s, prov, cb)  # checked before any work too
+        if judge is not None:
+            provs.append(judge)  # closed with the others
         fingerprint = {**prov.fingerprint(), "settings": s.shaping()}
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -150,8 +155,9 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
                 if doc.encoding != "utf-8":
                     cb.on_warning(f"{doc.relpath}: not UTF-8; decoded as {doc.encoding}")
             prov.prepare(lambda message: cb.on_message(f"{prov.name}: {message}"))
-            gen = Generator(provs, s, out, cb, concurrency=concurrency or prov.default_concurrency,
-                            limits=Limits(s.max_requests, s.max_tokens, s.max_cost))
+            gen = Generator([p for p in provs if p is not judge], s, out, cb,
+                            concurrency=concurrency or prov.default_concurrency,
+                            limits=Limits(s.max_requests, s.max_tokens, s.max_cost), judge=judge)
             if mode == "resume" and len(gen.journal):
                 cb.on_message(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
             run = gen.run(the_plan, src)

@@ -390,6 +390,15 @@ def _print_summary(manifest: dict, out: Path) -> None:
                f"{t['completion_tokens']:,} completion.")
     if manifest["skipped"]:
         click.echo(f"Skipped {len(manifest['skipped'])} file(s); see manifest.json.")
+    if manifest.get("judge"):
+        j = manifest["judge"]
+        click.echo(f"Judge: {j['pairs_scored']} pair(s) scored in {j['requests']} request(s), {j['dropped']} "
+                   f"below the threshold, {j['unjudged']} unjudged.")
+    if manifest.get("coverage"):
+        from datakeg.coverage import summary_lines
+
+        for line in summary_lines(manifest["coverage"]):
+            click.echo(line)
 
 
 # --------------------------------------------------------------------------- merge / providers

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from datakeg import __version__
 from datakeg.calls import RunStats
+from datakeg.coverage import coverage
 from datakeg.planning import Plan
 from datakeg.prompts import PROMPT_VERSION
 from datakeg.rounds import DocResult
@@ -35,7 +36,16 @@ def file_entry(res: DocResult) -> dict:
         "target": dp.by_split, "delivered": delivered,
         "shortfall": {sp: dp.by_split[sp] - delivered[sp] for sp in SPLITS},
         "dropped": dict(sorted(res.dropped.items())),
+        **({"judge": _judge(res)} if _judge(res)["requests"] else {}),
     }
+
+
+def _judge(res: DocResult) -> dict:
+    slots = [s[sp] for s in res.slots for sp in SPLITS]
+    return {"requests": sum(getattr(s, "judge_calls", 0) for s in slots),
+            "pairs_scored": sum(getattr(s, "judged", 0) for s in slots),
+            "dropped": sum(s.dropped.get("judge", 0) for s in slots),
+            "unjudged": sum(s.dropped.get("unjudged", 0) for s in slots)}
 
 
 def pending_entry(dp) -> dict:
@@ -79,7 +89,11 @@ def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: Ru
             "cost_usd": round(stats.cost, 6) if stats.cost else None,
             "seconds": round(time.time() - started, 1),
         },
+        **({"judge": {k: sum(f.get("judge", {}).get(k, 0) for f in done)
+                      for k in ("requests", "pairs_scored", "dropped", "unjudged")}}
+           if any("judge" in f for f in done) else {}),
         "leakage_audit": audit,
+        "coverage": coverage(results),
         "warnings": list(plan.warnings),
         "skipped": [{"path": s.relpath, "reason": s.reason} for s in plan.skipped],
         "files": files,

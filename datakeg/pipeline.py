@@ -48,7 +48,8 @@ class Generator:
     """Runs a plan against a provider and writes OUT (the caller holds OUT's lock)."""
 
     def __init__(self, provider: Provider | list[Provider], settings: Settings, out: Path,
-                 callbacks: Callbacks | None = None, concurrency: int = 1, limits: Limits | None = None):
+                 callbacks: Callbacks | None = None, concurrency: int = 1, limits: Limits | None = None,
+                 judge: Provider | None = None):
         """``provider``: one provider, or one per endpoint (same model); ``concurrency`` is per endpoint."""
         self.providers = provider if isinstance(provider, list) else [provider]
         self.provider = self.providers[0]
@@ -58,7 +59,7 @@ class Generator:
         self.concurrency = max(1, concurrency)
         self.journal = Journal(self.out)
         self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
-        self.runner = DocumentRunner(self.caller, settings, self.cb)
+        self.runner = DocumentRunner(self.caller, settings, self.cb, judge)
         self.lock = threading.Lock()
         self._last_manifest = 0.0
 

@@ -32,6 +32,9 @@ class Pair:
     question: str
     answer: str
     reasoning: str = ""
+    # the judge's scores, written as an extra "scores" field of the row (--keep-scores); not part of
+    # the pair's identity, and ignored by every reader
+    scores: dict | None = field(default=None, compare=False, hash=False, repr=False)
 
     def conversation(self, system: str | None = None) -> Conversation:
         msgs = [{"role": "system", "content": system}] if system else []
@@ -162,16 +165,21 @@ def to_conversation(row, shape: str) -> Conversation:
 
 def to_row(pair: Pair, fmt: str = "completion", reasoning_format: str = "separate",
            system_message: str | None = None) -> dict:
-    """The row ``generate`` writes for one pair."""
+    """The row ``generate`` writes for one pair (plus ``"scores"`` when the pair carries the judge's)."""
     if fmt == "completion":
-        return {"prompt": pair.question, "completion": pair.answer}
-    if fmt == "chat":
-        return {"messages": pair.conversation(system_message).messages}
-    if fmt == "reasoning":
+        row = {"prompt": pair.question, "completion": pair.answer}
+    elif fmt == "chat":
+        row = {"messages": pair.conversation(system_message).messages}
+    elif fmt == "reasoning":
         if reasoning_format == "integrated":
-            return {"prompt": pair.question, "completion": f"<think>{pair.reasoning}</think>\n{pair.answer}"}
-        return {"question": pair.question, "reasoning": pair.reasoning, "answer": pair.answer}
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            row = {"prompt": pair.question, "completion": f"<think>{pair.reasoning}</think>\n{pair.answer}"}
+        else:
+            row = {"question": pair.question, "reasoning": pair.reasoning, "answer": pair.answer}
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if pair.scores is not None:
+        row["scores"] = pair.scores
+    return row
 
 
 def from_row(row: dict) -> Pair:
@@ -198,6 +206,7 @@ class Reject:
     raw: str | None = None
     similar_question: str | None = None
     similarity: float | None = None
+    scores: dict | None = None  # the judge's scores of a pair (reason "judge" or any judged pair)
 
     def to_dict(self) -> dict:
         """The JSONL record, every text scrubbed of keys (a reply or error body may echo one)."""

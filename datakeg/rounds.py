@@ -14,11 +14,12 @@ same chunk and split, so a rerun replays every request it already paid for, in w
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from datakeg.callbacks import Callbacks
 from datakeg.calls import Caller
 from datakeg.journal import request_key
+from datakeg.judge import Judge
 from datakeg.parsing import ParseError, pairs_schema, parse_pairs
 from datakeg.planning import TOKENS_PER_PAIR, DocPlan, batches
 from datakeg.prompts import avoid_list, build_messages
@@ -39,6 +40,8 @@ class Slot:
     errors: int = 0
     dropped: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
+    judge_calls: int = 0  # judge requests made for this chunk and split (replayed ones included)
+    judged: int = 0  # pairs the judge scored
 
 
 @dataclass
@@ -76,11 +79,12 @@ class DocResult:
 
 
 class DocumentRunner:
-    def __init__(self, caller: Caller, settings: Settings, callbacks: Callbacks):
+    def __init__(self, caller: Caller, settings: Settings, callbacks: Callbacks, judge=None):
         self.caller = caller
         self.settings = settings
         self.cb = callbacks
         self.schema = pairs_schema(settings.reasoning)
+        self.judge = Judge.build(caller, settings, callbacks, judge)  # None without --judge-model
 
     # -- one request ------------------------------------------------------------------------
     def _ask(self, dp: DocPlan, i: int, split: str, count: int, avoid: list[str], slot: Slot) -> list[Pair] | None:
@@ -140,23 +144,49 @@ class DocumentRunner:
             if pairs is None:
                 continue
             batch: list[str] = []
-            kept = 0
+            passed: list[tuple[Pair, str]] = []
             for pair in pairs:
-                reason = gate.check(pair, grounding, batch) or ("over_count" if kept >= count else None)
+                reason = gate.check(pair, grounding, batch) or ("over_count" if len(passed) >= count else None)
                 if reason:
-                    slot.dropped[reason] += 1
-                    slot.rejects.append(Reject("dropped_pair", reason=reason, source=dp.doc.relpath,
-                                               chunk=chunk.index, split=split, question=pair.question,
-                                               answer=pair.answer))
+                    self._drop(slot, dp, i, split, pair, reason)
                     continue
                 norm = normalize_question(pair.question)
                 batch.append(norm)
+                passed.append((pair, norm))
+            kept = 0
+            for pair, norm, scores in self._judged(dp, i, split, passed, slot):
                 gate.accept(norm)
                 slot.pairs.append(pair)
                 mine.append(pair)
                 kept += 1
             progress = kept > 0
             self.cb.on_pairs(kept)
+
+    def _drop(self, slot: Slot, dp: DocPlan, i: int, split: str, pair: Pair, reason: str,
+              scores: dict | None = None) -> None:
+        slot.dropped[reason] += 1
+        slot.rejects.append(Reject("dropped_pair", reason=reason, source=dp.doc.relpath, chunk=dp.chunks[i].index,
+                                   split=split, question=pair.question, answer=pair.answer, scores=scores))
+
+    def _judged(self, dp: DocPlan, i: int, split: str, passed: list[tuple[Pair, str]], slot: Slot):
+        """The pairs of ``passed`` the judge keeps (all of them without a judge), with their scores;
+        the others are dropped as ``judge`` (scored below the threshold) or ``unjudged``."""
+        if self.judge is None or not passed:
+            return [(p, n, None) for p, n in passed]
+        chunk = dp.chunks[i]
+        scores = self.judge.score(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
+                                  pairs=[p for p, _ in passed], slot=slot)
+        keep = []
+        for (pair, norm), sc in zip(passed, scores):
+            if sc is None:
+                self._drop(slot, dp, i, split, pair, "unjudged")
+                continue
+            slot.judged += 1
+            if sc["score"] < self.settings.judge_threshold:
+                self._drop(slot, dp, i, split, pair, "judge", sc)
+                continue
+            keep.append((replace(pair, scores=sc) if self.settings.keep_scores else pair, norm, sc))
+        return keep
 
     def gate(self, questions: list[str]) -> Gate:
         s = self.settings

@@ -61,6 +61,14 @@ class Settings:
     paraphrases: int = opt(0, "Add this many rewordings of each train question (same answer, train only, kept "
                            "clear of every valid/test question), so a fine-tuned model learns the facts rather than "
                            "one wording. Needs an instruct model.")
+    judge_model: str | None = opt(None, "Model that scores every pair that passed the deterministic gates (1-5 on "
+                                  "faithfulness to the chunk, standalone question, usefulness); pairs scored below "
+                                  "--judge-threshold are dropped and backfilled. Default: no judge.")
+    judge_provider: str | None = opt(None, "Provider of --judge-model. Default: the generation provider.")
+    judge_base_url: str | None = opt(None, "Server of --judge-model (OpenAI-compatible base URL or Ollama host). "
+                                     "Default: the generation server when the provider is the same.", shapes=False)
+    judge_threshold: float = opt(3.0, "Drop a pair whose lowest judge score (1-5) is below this.")
+    keep_scores: bool = opt(False, 'Keep the judge\'s scores in an extra "scores" field of every row.')
     # -- how the run goes (not part of the output's identity) ------------------------------
     structured: str = opt("auto", "Structured output: a JSON schema, plain JSON mode, or none. auto uses the "
                           "schema and steps down if the server rejects it.", shapes=False, choices=STRUCTURED)
@@ -120,6 +128,10 @@ class Settings:
         _range(self.grounding_threshold, 0, 1, "--grounding-threshold", "0 switches the check off")
         _range(self.leakage_threshold, 0, 1, "--leakage-threshold", "0 switches the audit off")
         _range(self.temperature, 0, 2, "--temperature", "")
+        _range(self.judge_threshold, 1, 5, "--judge-threshold", "1 keeps every scored pair")
+        if not self.judge_model and (self.judge_provider or self.judge_base_url or self.keep_scores):
+            raise ConfigError("--judge-provider, --judge-base-url and --keep-scores need --judge-model.",
+                              "Name the judge model, e.g. --judge-model qwen2.5:7b.")
         _range(self.pairs_per_1k, 0.001, 1000, "--pairs-per-1k", "e.g. 10")
         _range(self.chunk_size, 200, 1_000_000, "--chunk-size", "characters")
         _range(self.batch_size, 1, 200, "--batch-size", "")

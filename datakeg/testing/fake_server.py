@@ -30,12 +30,21 @@ the same requests fail whatever order concurrent clients send them in, and a ret
   huge        answer with a reply of HUGE_REPLY_CHARS characters (over any sane size cap)
   leakyparaphrase  to a `--paraphrases` prompt, slip a valid/test question it wrote earlier in as a
               rewording (a held-out question must never reach train)
+  junk        half the pairs of a reply are junk: after each good pair comes a copy of it with a
+              dangling question ("What does this section say about X?"; Chinese and Japanese
+              excerpts get "本节…" / "この節…") or with an echo answer (the question's own words),
+              alternately
 The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)`` instead makes every
 request (models and tags too) without ``Authorization: Bearer <api_key>`` fail with ``auth_status``.
 
 Closed-book questions (no excerpt in the prompt, as `datakeg eval` sends them) are answered from
 the server's ``answers`` table ("I do not know." otherwise); a judge prompt gets score 5 when the
 candidate equals the reference after normalisation, 2 when they share a word, else 0.
+
+Judge prompts of `generate --judge-model` (a ``<chunk-XXXXXX>`` and one JSON pair a line) get, per
+pair, "faithful" 5 when at least 80 % of the answer's words occur in the chunk (else 1),
+"standalone" 1 when the question is dangling (datakeg.quality.dangling, else 5) and "useful" 1 when
+the answer is an echo of the question (else 4). ``malformed`` breaks the judge's reply too.
 
 Run it on its own:  python -m datakeg.testing.fake_server --port 8000 --fault fence --latency 0.2
 """
@@ -53,7 +62,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
-          "huge")
+          "huge", "junk")
 HUGE_REPLY_CHARS = 1_200_000  # characters of the ``huge`` reply (datakeg refuses replies over 1 MB)
 HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad Gateway</h1>"
              "<p>The proxy received an invalid response from an upstream server.</p></body></html>\n")
@@ -63,6 +72,10 @@ DEFAULT_MODELS = ("qwen2.5:3b", "fake-model")
 # the back-reference keeps a "</excerpt>" written in the document from ending it early
 _EXCERPT = re.compile(r"<(excerpt(?:-[0-9a-f]+)?)>\n(.*?)\n</\1>", re.DOTALL)
 _COUNT = re.compile(r"Write exactly (\d+) new question-answer pair")
+_JUDGE_CHUNK = re.compile(r"<(chunk-[0-9a-f]+)>\n(.*?)\n</\1>", re.DOTALL)
+_JUDGE_MARK = "Rate each question-answer pair below"
+_HIRAGANA = re.compile("[\u3040-\u309f]")
+_HAN = re.compile("[\u4e00-\u9fff]")
 _WORDS = re.compile(r"[^\W_][\w.'/-]*", re.UNICODE)
 
 
@@ -81,8 +94,11 @@ def candidates(excerpt: str) -> list[tuple[str, str]]:
     """All (question, answer) pairs the server can give for an excerpt, in a fixed order.
 
     Each names a different 6-word span of the excerpt; spans too similar to an earlier one are
-    left out, as a cooperative model would."""
+    left out, as a cooperative model would, and so are pairs the prompt's rules forbid (a
+    question that leans on "this section" or "this option", an answer that only repeats it)."""
     from rapidfuzz import fuzz
+
+    from datakeg.quality import dangling, echo
 
     words = _WORDS.findall(excerpt)
     out: list[tuple[str, str]] = []
@@ -93,7 +109,10 @@ def candidates(excerpt: str) -> list[tuple[str, str]]:
             continue
         seen.append(span)
         answer = " ".join(words[max(0, start - 3):start + 12])
-        out.append((f"What is said about {span}?", answer))
+        question = f"What is said about {span}?"
+        if dangling(question) or echo(question, answer):
+            continue
+        out.append((question, answer))
     return out
 
 
@@ -127,6 +146,24 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
         if reasoning:
             pair = {"question": q, "reasoning": f"The documentation states: {a}", "answer": a}
         pairs.append(pair)
+    if "junk" in active:
+        # half the reply is junk made from the other half's spans (so no candidate is used up)
+        good, pairs = pairs[:(len(pairs) + 1) // 2], []
+        for k, pair in enumerate(good):
+            pairs.append(pair)
+            if len(pairs) >= want:
+                break
+            span = pair["question"][len("What is said about "):-1]
+            if k % 2 == 0:  # a question that leans on the excerpt
+                if _HIRAGANA.search(excerpt):
+                    q = f"この節では{span}について何と書かれていますか？"
+                elif _HAN.search(excerpt):
+                    q = f"本节关于{span}说了什么？"
+                else:
+                    q = f"What does this section say about {span}?"
+                pairs.append(dict(pair, question=q))
+            else:  # an answer that only repeats the question
+                pairs.append(dict(pair, answer=span))
     if "duplicates" in active and pairs:
         pairs.append(dict(pairs[0], question=avoid[0] if avoid else pairs[0]["question"]))
     if "ungrounded" in active:
@@ -162,6 +199,31 @@ def answer_paraphrases(prompt: str, planted: list[str] = ()) -> str:
     if items and planted:
         items[0]["questions"] = list(planted) + items[0]["questions"]
     return json.dumps({"paraphrases": items})
+
+
+def judge_reply(prompt: str, active: set[str]) -> str:
+    """Scores for a `generate --judge-model` prompt (see the module docstring)."""
+    from datakeg.quality import dangling, echo
+
+    if "malformed" in active:
+        return '{"scores": [{"index": 1, "faithful": '
+    chunk = _JUDGE_CHUNK.search(prompt).group(2)
+    words = {w.lower() for w in _WORDS.findall(chunk)}
+    block = prompt.split("Pairs (one JSON object per line):\n", 1)[1].split("\n\n", 1)[0]
+    scores = []
+    for line in block.splitlines():
+        item = json.loads(line)
+        q, a = item["question"], item["answer"]
+        aw = [w.lower() for w in _WORDS.findall(a)]
+        faithful = 5 if aw and sum(w in words for w in aw) >= 0.8 * len(aw) else 1
+        standalone = 1 if dangling(q) else 5
+        useful = 1 if echo(q, a) else 4
+        scores.append({"index": item["index"], "faithful": faithful, "standalone": standalone, "useful": useful,
+                       "reason": "fake judge: " + ("answer not in the chunk" if faithful == 1 else
+                                                   "dangling question" if standalone == 1 else
+                                                   "echo answer" if useful == 1 else "fine")})
+    body = json.dumps({"scores": scores}, ensure_ascii=False)
+    return f"```json\n{body}\n```" if "fence" in active else body
 
 
 def closed_book(messages: list[dict], model: str, answers: dict[str, str]) -> str:
@@ -379,6 +441,8 @@ class FakeLLMServer:
                     with server.lock:
                         planted = list(server.heldout[:1]) if "leakyparaphrase" in active else []
                     text = answer_paraphrases(prompt, planted)
+                elif _JUDGE_MARK in prompt and _JUDGE_CHUNK.search(prompt):
+                    text = judge_reply(prompt, active)
                 elif _EXCERPT.search(prompt):
                     text = answer_prompt(prompt, reasoning, active)
                     if "(for the valid set)" in prompt or "(for the test set)" in prompt:
