@@ -91,9 +91,12 @@ class Generator:
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.time()
         results: list[DocResult | None] = [None] * len(plan.docs)
-        # from here on OUT describes this run: the previous merged files would describe another
+        # from here on OUT describes this run: the previous merged and per-file files would describe
+        # another (what they held is in the journal: a rerun replays it for free)
         for split in SPLITS:
             (self.out / f"{split}.jsonl").unlink(missing_ok=True)
+            for dp in plan.docs:
+                per_file_path(self.out, dp.output, split).unlink(missing_ok=True)
         atomic_write_json(self.out / MANIFEST, self._manifest("running", plan, results, source, started))
         self.cb.on_plan(plan)
         for sk in plan.skipped:

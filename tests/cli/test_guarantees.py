@@ -51,8 +51,9 @@ def test_out_is_consistent_after_a_stop_and_complete_after_the_rerun(tmp_path):
             if f["status"] == "done":
                 for s in SPLITS:
                     assert len(rows(out / f"{f['output']}_{s}.jsonl")) == f["delivered"][s]
-            else:
+            else:  # not written yet by this run, and nothing of the earlier run is left to be mixed in
                 assert f["status"] == "pending"
+                assert not any((out / f"{f['output']}_{s}.jsonl").exists() for s in SPLITS)
         assert any(f["status"] == "pending" for f in m["files"])
         assert gen(srv, TESTDOC, out, "--pairs-per-1k", "6").exit_code == 0
     m = json.loads((out / "manifest.json").read_text())
