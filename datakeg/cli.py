@@ -421,7 +421,8 @@ def audit(out, leakage_threshold, remove):
     """
     import datakeg
 
-    hits, removed = datakeg.audit(out, leakage_threshold=leakage_threshold, remove=remove)
+    hits, removed = datakeg.audit(out, leakage_threshold=leakage_threshold, remove=remove,
+                                  on_warning=lambda message: click.echo(f"warning: {message}", err=True))
     click.echo(f"{len(hits)} leaking question(s): similarity >= {leakage_threshold:g} to a question of an earlier "
                "split (valid~train, test~train, test~valid) or of the same split in another document (repeat)")
     for h in hits[:50]:
@@ -470,7 +471,8 @@ def _print_summary(manifest: dict, out: Path) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def merge(out):
-    """Rebuild OUT/train.jsonl, valid.jsonl and test.jsonl from the per-file outputs.
+    """Rebuild OUT/train.jsonl, valid.jsonl and test.jsonl from the per-file outputs, and the
+    dataset card OUT/README.md.
 
     Uses the file order recorded in OUT/manifest.json (or every *_train/_valid/_test.jsonl found).
 
@@ -480,7 +482,7 @@ def merge(out):
     """
     import datakeg
 
-    counts = datakeg.merge(out)
+    counts = datakeg.merge(out, on_warning=lambda message: click.echo(f"warning: {message}", err=True))
     click.echo("Merged: " + ", ".join(f"{k}.jsonl {v} rows" for k, v in counts.items()))
 
 

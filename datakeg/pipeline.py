@@ -136,7 +136,20 @@ class Generator:
         merge(self.out)
         manifest = self._manifest("complete", plan, results, source, started, audit)
         atomic_write_json(self.out / MANIFEST, manifest)
+        self._write_card(manifest)
         return RunResult(manifest, self.stats)
+
+    def _write_card(self, manifest: dict) -> None:
+        """OUT/README.md, the dataset card that makes OUT loadable by ``datasets`` (never over a
+        README.md datakeg did not write; see :mod:`datakeg.card`)."""
+        from datakeg.card import write_card
+
+        try:
+            note = write_card(self.out, manifest)
+        except OSError as exc:  # the dataset itself is complete; say so rather than fail the run
+            note = f"the dataset card {self.out / 'README.md'} was not written: {exc.strerror or exc}"
+        if note:
+            self.cb.on_warning(note)
 
     # -- dataset-wide leakage audit with backfill -------------------------------------------
     _audit_rejects: list[Reject] = []
