@@ -562,8 +562,8 @@ def convert(src, dst, template_name, source_format, custom_template, system_mess
                               source_format=source_format, system_message=system_message)
     notes: set[str] = set()
     for report in reports:
-        click.echo(f"{report.src} -> {report.dst}: {report.rows} rows as {report.target} "
-                   f"(input rows detected as {report.detected})", err=True)
+        click.echo(f"{report.src} -> {report.dst}: {report.rows} rows as {report.target}; "
+                   f"input rows: {report.detected}", err=True)
         for lineno, reason in report.skipped[:20]:
             click.echo(f"  line {lineno}: skipped: {reason}", err=True)
         if len(report.skipped) > 20:
