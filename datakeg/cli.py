@@ -57,7 +57,7 @@ def cli():
 
     \b
     Quick start (no server needed, uses the bundled offline model):
-      datakeg generate testdoc out --provider local --pairs-per-1k 5
+      datakeg generate testdoc/guide out-quickstart --provider local --pairs-per-1k 2 --max-attempts 1
     With Ollama (the default provider):
       ollama pull qwen2.5:3b && datakeg generate ./docs ./out
     """

@@ -77,6 +77,15 @@ def quiet_third_party() -> None:
         disable_progress_bars()
     except ImportError:  # pragma: no cover
         pass
+    try:  # the GGUF de-quantization bar is a bare tqdm that the switches above do not reach
+        import functools
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        from tqdm.auto import tqdm
+
+        gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    except (ImportError, AttributeError):  # pragma: no cover - another transformers layout
+        pass
 
 
 def choose_threads() -> int:
