@@ -112,6 +112,7 @@ def _run(tmp_path, *args, env_extra=None):
     out = tmp_path / ("out" + str(len(list(tmp_path.iterdir()))))
     env = {k: v for k, v in os.environ.items() if k not in ("DATAKEG_VERBOSE", "TRANSFORMERS_VERBOSITY",
                                                               "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout's datakeg
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "datakeg", "generate", str(src), str(out), "-p", "local",
                            "--pairs-per-1k", "1", "--max-attempts", "0", *args],
