@@ -249,23 +249,39 @@ def validate(target, *, dedupe_threshold: float = 90.0) -> Validation:
     return Validation(reports, dups, is_output)
 
 
-def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False):
+def _refresh_card(out: Path, on_warning) -> None:
+    """Rewrite OUT/README.md (the dataset card) after the merged files changed."""
+    from datakeg.card import write_card
+
+    note = write_card(out)
+    if note and on_warning is not None:
+        on_warning(note)
+
+
+def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False, on_warning=None):
     """Leakage audit of an output folder. Returns (hits, removed); ``remove`` takes the leaking
-    pairs out of the per-file files and rebuilds the merged files (holding OUT's lock)."""
+    pairs out of the per-file files and rebuilds the merged files and the dataset card (holding
+    OUT's lock). ``on_warning(message)`` hears when the card could not be rewritten."""
     from datakeg.auditing import audit_dir
 
     if remove:
         from datakeg.outdir import OutputLock
 
         with OutputLock(Path(out), "audit --remove"):
-            return audit_dir(Path(out), leakage_threshold, remove=True)
+            result = audit_dir(Path(out), leakage_threshold, remove=True)
+            _refresh_card(Path(out), on_warning)
+            return result
     return audit_dir(Path(out), leakage_threshold, remove=False)
 
 
-def merge(out) -> dict[str, int]:
-    """Rebuild OUT/train.jsonl, valid.jsonl, test.jsonl from the per-file outputs (holding OUT's lock)."""
+def merge(out, *, on_warning=None) -> dict[str, int]:
+    """Rebuild OUT/train.jsonl, valid.jsonl, test.jsonl from the per-file outputs, and the dataset
+    card OUT/README.md (holding OUT's lock). ``on_warning(message)`` hears when the card was left
+    alone (a README.md datakeg did not write, or one edited outside its user regions)."""
     from datakeg.outdir import OutputLock
     from datakeg.writers import merge as do_merge
 
     with OutputLock(Path(out), "merge"):
-        return do_merge(Path(out))
+        counts = do_merge(Path(out))
+        _refresh_card(Path(out), on_warning)
+        return counts

@@ -57,21 +57,54 @@ def cli():
 
     \b
     Quick start (no server needed, uses the bundled offline model):
-      datakeg generate testdoc out --provider local --pairs-per-1k 5
+      datakeg generate testdoc/guide out-quickstart --provider local --pairs-per-1k 2 --max-attempts 1
     With Ollama (the default provider):
       ollama pull qwen2.5:3b && datakeg generate ./docs ./out
     """
 
 
 # --------------------------------------------------------------------------- progress output
-class _LineReporter:
-    """Plain line-based progress for logs and pipes."""
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds + 0.5))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
-    def __init__(self, quiet: bool):
+
+def _planned_requests(plan, batch_size: int) -> int:
+    """Requests the plan needs when every reply delivers what it asks for (backfill adds more)."""
+    from datakeg.planning import batches
+    from datakeg.targets import SPLITS
+
+    return sum(len(batches(target[split], batch_size)) for dp in plan.docs for target in dp.targets
+               for split in SPLITS)
+
+
+class _LineReporter:
+    """Plain line-based progress for logs and pipes: the plan, each document's start and end, and
+    a request line (requests done/planned, pairs, elapsed, ETA) after a request when ``every``
+    seconds have passed since the last one (every request when they are slow, as with the offline
+    model). Called from worker threads: counters are updated under a lock."""
+
+    def __init__(self, quiet: bool, batch_size: int = 15, every: float = 10.0):
+        import threading
+        import time
+
         self.quiet = quiet
+        self.batch_size = max(1, int(batch_size or 15))
+        self.every = every
         self.n = 0
         self.total = 0
         self.index: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.clock = time.monotonic
+        self.started = self.clock()
+        self.last_line = float("-inf")
+        self.requests = 0
+        self.planned = 0
+        self.pairs = 0
+        self.pairs_planned = 0
+        self.tokens = 0
 
     def echo(self, msg: str) -> None:
         if not self.quiet:
@@ -82,16 +115,46 @@ class _LineReporter:
 
     def on_plan(self, plan):
         self.total = len(plan.docs)
-        self.echo(f"{len(plan.docs)} file(s), {plan.chunks} chunk(s), {plan.pairs} pair(s) targeted")
+        self.planned = _planned_requests(plan, self.batch_size)
+        self.pairs_planned = plan.pairs
+        self.started = self.clock()  # time the requests, not the model loading before them
+        self.echo(f"{len(plan.docs)} file(s), {plan.chunks} chunk(s), {plan.pairs} pair(s) targeted, "
+                  f"about {self.planned} request(s)")
 
     def on_document_start(self, dp):
-        self.n += 1
-        self.index[dp.doc.relpath] = self.n  # documents run in parallel: keep each one's number
-        self.echo(f"[{self.n}/{self.total}] {dp.doc.relpath}: {len(dp.chunks)} chunk(s), {dp.total} pair(s) targeted")
+        with self.lock:
+            self.n += 1
+            self.index[dp.doc.relpath] = self.n  # documents run in parallel: keep each one's number
+            n = self.n
+        self.echo(f"[{n}/{self.total}] {dp.doc.relpath}: {len(dp.chunks)} chunk(s), {dp.total} pair(s) targeted")
 
     def on_chunk_done(self, dp, chunk, accepted): ...
-    def on_request(self, prompt_tokens, completion_tokens): ...
-    def on_pairs(self, accepted): ...
+
+    def progress_line(self) -> str:
+        elapsed = self.clock() - self.started
+        planned = max(self.planned, self.requests)
+        if self.requests and planned > self.requests:
+            eta = _duration(elapsed / self.requests * (planned - self.requests))
+        else:
+            eta = "-" if not self.requests else "0:00"
+        return (f"requests {self.requests}/{planned}, pairs {self.pairs}/{self.pairs_planned}, "
+                f"elapsed {_duration(elapsed)}, ETA {eta}")
+
+    def on_request(self, prompt_tokens, completion_tokens):
+        with self.lock:
+            self.requests += 1
+            self.tokens += prompt_tokens + completion_tokens
+            now = self.clock()
+            due = now - self.last_line >= self.every
+            if due:
+                self.last_line = now
+                line = self.progress_line()
+        if due:
+            self.echo(line)
+
+    def on_pairs(self, accepted):
+        with self.lock:
+            self.pairs += accepted
 
     def on_document_done(self, dp, delivered):
         got = ", ".join(f"{k} {v}/{dp.by_split[k]}" for k, v in delivered.items())
@@ -104,10 +167,11 @@ class _LineReporter:
 
 
 class _RichReporter(_LineReporter):
-    """A rich progress bar on stderr (files, chunks, pairs) for interactive terminals."""
+    """A rich progress bar on stderr (requests with elapsed time and ETA, files, chunks, pairs) for
+    interactive terminals."""
 
-    def __init__(self):
-        super().__init__(quiet=False)
+    def __init__(self, batch_size: int = 15):
+        super().__init__(quiet=False, batch_size=batch_size)
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
@@ -122,26 +186,34 @@ class _RichReporter(_LineReporter):
         self.progress.console.print(_scrub(msg), markup=False, highlight=False)
 
     def on_plan(self, plan):
+        super().on_plan(plan)
         self.progress.start()
         self.tasks = {
+            "requests": self.progress.add_task("requests", total=self.planned, info=""),
             "files": self.progress.add_task("files", total=len(plan.docs), info=""),
             "chunks": self.progress.add_task("chunks", total=plan.chunks, info=""),
             "pairs": self.progress.add_task("pairs", total=plan.pairs, info=""),
         }
 
     def on_document_start(self, dp):
-        self.n += 1
+        with self.lock:
+            self.n += 1
         self.progress.update(self.tasks["files"], info=dp.doc.relpath)
 
     def on_chunk_done(self, dp, chunk, accepted):
         self.progress.advance(self.tasks["chunks"])
 
     def on_request(self, prompt_tokens, completion_tokens):
-        t = self.progress.tasks[self.tasks["pairs"]]
-        used = t.fields.get("tokens", 0) + prompt_tokens + completion_tokens
-        self.progress.update(self.tasks["pairs"], tokens=used, info=f"{used:,} tokens")
+        with self.lock:
+            self.requests += 1
+            self.tokens += prompt_tokens + completion_tokens
+            done, used = self.requests, self.tokens
+        # backfill can need more requests than planned: the total grows with it
+        self.progress.update(self.tasks["requests"], completed=done, total=max(self.planned, done),
+                             info=f"{used:,} tokens")
 
     def on_pairs(self, accepted):
+        super().on_pairs(accepted)
         self.progress.advance(self.tasks["pairs"], accepted)
 
     def on_document_done(self, dp, delivered):
@@ -152,12 +224,12 @@ class _RichReporter(_LineReporter):
             self.progress.stop()
 
 
-def _reporter(quiet: bool):
+def _reporter(quiet: bool, batch_size: int = 15):
     from datakeg.callbacks import Callbacks
 
     base = _RichReporter if (not quiet and sys.stderr.isatty()) else _LineReporter
     cls = type("Reporter", (base, Callbacks), {})
-    return cls() if base is _RichReporter else cls(quiet)
+    return cls(batch_size) if base is _RichReporter else cls(quiet, batch_size)
 
 
 # --------------------------------------------------------------------------- generate options
@@ -189,7 +261,7 @@ def _load_config(ctx, _param, path):
         if lowered in _SECRET_NAMES or lowered.endswith(("_key", "_token", "_secret", "_password")):
             raise click.BadParameter(f"{key!r} looks like a secret; keys never go in the config file. Use the "
                                      "environment (OPENROUTER_API_KEY, OPENAI_API_KEY).", param_hint="--config")
-        if name not in names or name in ("dry_run", "fresh", "resume", "quiet"):
+        if name not in names or name in ("dry_run", "fresh", "resume", "quiet", "verbose"):
             raise click.BadParameter(f"unknown key {key!r} in {path}", param_hint="--config")
         if name == "base_url" and isinstance(value, str):
             value = [value]  # one server, or a list of them
@@ -278,7 +350,9 @@ class _ProviderChoice(click.ParamType):
 @click.option("--dry-run", is_flag=True, help="Make no model calls: show chunks, targets, requests and a "
               "token estimate per file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (errors are still shown).")
-def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dry_run, quiet, **settings):
+@click.option("-v", "--verbose", is_flag=True, help="Also show what third-party libraries print (transformers and "
+              "huggingface_hub progress bars, logging and warnings), hidden by default.")
+def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dry_run, quiet, verbose, **settings):
     """Generate train/valid/test question-answer pairs from the .md/.txt files under SRC into OUT.
 
     \b
@@ -303,7 +377,11 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
         dry = datakeg.plan(src, out, **settings)
         _print_estimate(dry)
         return
-    reporter = _reporter(quiet)
+    if verbose:
+        import os
+
+        os.environ["DATAKEG_VERBOSE"] = "1"  # read by in-process providers (--provider local)
+    reporter = _reporter(quiet, settings.get("batch_size") or 15)
     try:
         result = datakeg.generate(src, out, provider=provider, model=model, base_url=list(base_url) or None,
                                   concurrency=concurrency, fresh=fresh, resume=resume, callbacks=reporter,
@@ -347,7 +425,8 @@ def audit(out, leakage_threshold, remove):
     """
     import datakeg
 
-    hits, removed = datakeg.audit(out, leakage_threshold=leakage_threshold, remove=remove)
+    hits, removed = datakeg.audit(out, leakage_threshold=leakage_threshold, remove=remove,
+                                  on_warning=lambda message: click.echo(f"warning: {message}", err=True))
     click.echo(f"{len(hits)} leaking question(s): similarity >= {leakage_threshold:g} to a question of an earlier "
                "split (valid~train, test~train, test~valid) or of the same split in another document (repeat)")
     for h in hits[:50]:
@@ -405,7 +484,8 @@ def _print_summary(manifest: dict, out: Path) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def merge(out):
-    """Rebuild OUT/train.jsonl, valid.jsonl and test.jsonl from the per-file outputs.
+    """Rebuild OUT/train.jsonl, valid.jsonl and test.jsonl from the per-file outputs, and the
+    dataset card OUT/README.md.
 
     Uses the file order recorded in OUT/manifest.json (or every *_train/_valid/_test.jsonl found).
 
@@ -415,7 +495,7 @@ def merge(out):
     """
     import datakeg
 
-    counts = datakeg.merge(out)
+    counts = datakeg.merge(out, on_warning=lambda message: click.echo(f"warning: {message}", err=True))
     click.echo("Merged: " + ", ".join(f"{k}.jsonl {v} rows" for k, v in counts.items()))
 
 
@@ -495,8 +575,8 @@ def convert(src, dst, template_name, source_format, custom_template, system_mess
                               source_format=source_format, system_message=system_message)
     notes: set[str] = set()
     for report in reports:
-        click.echo(f"{report.src} -> {report.dst}: {report.rows} rows as {report.target} "
-                   f"(input rows detected as {report.detected})", err=True)
+        click.echo(f"{report.src} -> {report.dst}: {report.rows} rows as {report.target}; "
+                   f"input rows: {report.detected}", err=True)
         for lineno, reason in report.skipped[:20]:
             click.echo(f"  line {lineno}: skipped: {reason}", err=True)
         if len(report.skipped) > 20:

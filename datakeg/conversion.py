@@ -214,8 +214,10 @@ def convert_file(src: Path, dst: Path, target: Target, source_shape: str | None 
                            f"Rows must be one of: {', '.join(SHAPES)}; or pass --source-format.")
     if shape == "text":
         raise DatakegError(f'{src}: plain {{"text"}} rows hold no question/answer structure to convert.')
-    report = ConvertReport(shape, f"detected {detected or 'nothing'} ({sample} of the first rows)"
-                           if not source_shape else f"--source-format {shape}")
+    looked = sum(counts.values())
+    mixed = f": {sample}" if len(counts) > 1 else ""
+    report = ConvertReport(shape, f"{detected} (detected from the first {looked} row{'s' * (looked != 1)}{mixed})"
+                           if not source_shape else f"{shape} (set by --source-format)")
     lost: set[str] = set()
 
     def rows():

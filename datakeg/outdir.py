@@ -94,7 +94,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _written_files(out: Path) -> list[Path]:
     """Files the run recorded in OUT wrote (per-file outputs from its manifest, merged files,
-    manifest, rejects, dataset card), never anything outside OUT."""
+    manifest, rejects), never anything outside OUT. The dataset card (README.md) is not among them:
+    it may hold the user's edits, and the next run rewrites it keeping them."""
     paths = [out / MANIFEST, out / REJECTS] + [out / f"{s}.jsonl" for s in SPLITS]
     manifest = out / MANIFEST
     if manifest.exists():
@@ -120,7 +121,11 @@ def prepare_out(out: Path, fingerprint: dict, fresh: bool = False, resume: bool 
     out = Path(out)
     state = out / STATE_DIR
     run_file = state / RUN_FILE
-    entries = [p for p in out.iterdir() if p.name != STATE_DIR] if out.exists() else []
+    from datakeg.card import CARD, is_datakeg_card
+
+    # datakeg's own dataset card does not make OUT someone else's folder
+    entries = [p for p in out.iterdir() if p.name != STATE_DIR and not (p.name == CARD and is_datakeg_card(p))] \
+        if out.exists() else []
     has_run = run_file.exists()
     mode = "new"
     if entries and not has_run:

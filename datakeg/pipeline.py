@@ -156,6 +156,7 @@ class Generator:
             for f, res in zip(manifest["files"], results):
                 f["paraphrases"] = sum(len(v) for v in res.paraphrases.values())
         atomic_write_json(self.out / MANIFEST, manifest)
+        self._write_card(manifest)
         return RunResult(manifest, self.stats)
 
     # -- paraphrased train questions ------------------------------------------------------
@@ -231,6 +232,18 @@ class Generator:
             self._write_document(res)
         kept_total = sum(len(v) for res in results for v in res.paraphrases.values())
         return {"per_question": k, "added": kept_total, "requests": len(jobs), "dropped": dict(sorted(dropped.items()))}
+
+    def _write_card(self, manifest: dict) -> None:
+        """OUT/README.md, the dataset card that makes OUT loadable by ``datasets`` (never over a
+        README.md datakeg did not write; see :mod:`datakeg.card`)."""
+        from datakeg.card import write_card
+
+        try:
+            note = write_card(self.out, manifest)
+        except OSError as exc:  # the dataset itself is complete; say so rather than fail the run
+            note = f"the dataset card {self.out / 'README.md'} was not written: {exc.strerror or exc}"
+        if note:
+            self.cb.on_warning(note)
 
     # -- dataset-wide leakage audit with backfill -------------------------------------------
     _audit_rejects: list[Reject] = []

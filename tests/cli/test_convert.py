@@ -128,7 +128,7 @@ def test_detection_looks_past_the_first_line_and_reports(tmp_path):
     src = write_jsonl(tmp_path / "s.jsonl", rows)
     result = run(["convert", str(src), str(tmp_path / "o.jsonl"), "-t", "completion"])
     assert result.exit_code == 0
-    assert "detected sharegpt" in result.output and "line 1: skipped" in result.output
+    assert "input rows: sharegpt (detected from the first" in result.output and "line 1: skipped" in result.output
     assert read(tmp_path / "o.jsonl") == [{"prompt": f"Q{i}?", "completion": f"A{i}"} for i in range(5)]
 
 
