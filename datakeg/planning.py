@@ -68,8 +68,31 @@ def make_plan(docs: list[Document], skipped: list[Skipped], settings: Settings) 
     plans = []
     for (doc, chunks), (total, per_chunk) in zip(chunked, targets):
         language = settings.language or detect_language(doc.text)
+        if settings.min_per_section:
+            total += raise_sections(chunks, per_chunk, settings.min_per_section)
         plans.append(DocPlan(doc, stems[doc.relpath], chunks, total, per_chunk, language))
     return Plan(plans, skipped, list(warnings))
+
+
+MIN_SECTION_CHARS = 200
+
+
+def raise_sections(chunks: list[Chunk], per_chunk: list[dict[str, int]], n: int) -> int:
+    """``--min-per-section``: every heading section (a chunk breadcrumb) of at least
+    MIN_SECTION_CHARS characters gets ``n`` pairs or more; what is missing is added to the train
+    target of its largest chunk. Returns the pairs added."""
+    groups: dict[str, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        groups.setdefault(chunk.breadcrumb, []).append(i)
+    added = 0
+    for idx in groups.values():
+        if sum(len(chunks[i]) for i in idx) < MIN_SECTION_CHARS:
+            continue
+        missing = n - sum(sum(per_chunk[i].values()) for i in idx)
+        if missing > 0:
+            per_chunk[max(idx, key=lambda i: len(chunks[i]))]["train"] += missing
+            added += missing
+    return added
 
 
 def batches(n: int, size: int) -> list[int]:

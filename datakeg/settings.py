@@ -58,6 +58,8 @@ class Settings:
                                    "(char n-gram) cosine similarity this high to a question of an earlier split "
                                    "(or of the same split in another document), and ask again.")
     no_audit: bool = opt(False, "Skip the leakage audit.")
+    min_per_section: int = opt(0, "Ask for at least this many pairs (extra ones go to train) from every heading "
+                               "section with 200 characters or more, whatever --pairs-per-1k gives it (0 = off).")
     paraphrases: int = opt(0, "Add this many rewordings of each train question (same answer, train only, kept "
                            "clear of every valid/test question), so a fine-tuned model learns the facts rather than "
                            "one wording. Needs an instruct model.")
@@ -138,6 +140,7 @@ class Settings:
         _range(self.max_attempts, 0, 100, "--max-attempts", "")
         _range(self.avoid_cap, 0, 1000, "avoid_cap", "")
         _range(self.paraphrases, 0, 10, "--paraphrases", "0 switches them off")
+        _range(self.min_per_section, 0, 100, "--min-per-section", "0 switches it off")
         _range(self.request_timeout, 0.001, 86400, "--request-timeout", "seconds")
         _range(self.max_retries, 0, 100, "--max-retries", "")
         _range(self.wait_for_model, 0, 86400, "--wait-for-model", "seconds")

@@ -223,3 +223,25 @@ def test_second_writer_is_refused_while_the_first_holds_out(tmp_path):
         with pytest.raises(OutputBusy):
             with OutputLock(out, "first"), OutputLock(out, "second"):
                 pass
+
+
+def test_min_per_section_reaches_every_section(tmp_path):
+    """At a low --pairs-per-1k many sections get no pair; --min-per-section N gives each of them N."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    sections = [f"## Section {k}\n\n" + f"Setting number {k} controls the widget size of part {k}. " * 8
+                for k in range(12)]
+    (src / "a.md").write_text("# Manual\n\n" + "\n\n".join(sections), encoding="utf-8")
+
+    def pairs_per_section(dry):
+        out = {}
+        for dp in dry.plan.docs:
+            for chunk, t in zip(dp.chunks, dp.targets):
+                out[chunk.breadcrumb] = out.get(chunk.breadcrumb, 0) + sum(t.values())
+        return out
+
+    plain = pairs_per_section(datakeg.plan(src, pairs_per_1k=0.5, chunk_size=500))
+    assert min(plain.values()) == 0 and len(plain) >= 10  # the fault: sections left without a pair
+    raised = pairs_per_section(datakeg.plan(src, pairs_per_1k=0.5, chunk_size=500, min_per_section=2))
+    assert raised.keys() == plain.keys() and all(v >= 2 for v in raised.values())
+    assert all(raised[k] == max(plain[k], 2) for k in plain)  # only what is missing is added
