@@ -361,6 +361,7 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
       OUT/train.jsonl, valid.jsonl, test.jsonl           all files merged
       OUT/manifest.json                                  settings, targets vs delivered, drops, usage
       OUT/rejects.jsonl                                  unparseable replies, failed requests, dropped pairs
+      OUT/README.md                                      dataset card (datasets.load_dataset("OUT"))
 
     \b
     Examples:
@@ -370,6 +371,8 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
       OPENROUTER_API_KEY=... datakeg generate ./docs ./out -p openrouter -m qwen/qwen-2.5-7b-instruct
       datakeg generate ./docs ./out -p local --pairs-per-1k 2           # offline demo model, no server
       datakeg generate ./docs ./out --dry-run                           # estimate first
+      datakeg generate ./docs ./out -p openai -m M --base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1
+      datakeg generate ./docs ./out --judge-model qwen2.5:7b --paraphrases 2   # curate, and teach facts
     """
     import datakeg
 
