@@ -472,6 +472,10 @@ def _print_summary(manifest: dict, out: Path) -> None:
                f"{t['completion_tokens']:,} completion.")
     if manifest["skipped"]:
         click.echo(f"Skipped {len(manifest['skipped'])} file(s); see manifest.json.")
+    if manifest.get("paraphrases"):
+        p = manifest["paraphrases"]
+        click.echo(f"Paraphrases: {p['added']} added to train ({p['per_question']} per question asked), "
+                   f"{sum(p['dropped'].values())} dropped.")
     if manifest.get("judge"):
         j = manifest["judge"]
         click.echo(f"Judge: {j['pairs_scored']} pair(s) scored in {j['requests']} request(s), {j['dropped']} "

@@ -126,7 +126,9 @@ def test_quiet_local_run_prints_nothing_but_its_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no progress bars, no logging, no FutureWarnings
     lines = proc.stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"Wrote {out}:") and lines[1].startswith("Dropped:"), proc.stdout
+    # datakeg's own summary only: what was written, what was dropped, coverage (judge with --judge-model)
+    assert lines[0].startswith(f"Wrote {out}:") and lines[1].startswith("Dropped:"), proc.stdout
+    assert all(line.startswith(("Coverage:", "Judge:", "Skipped ", "Paraphrases:")) for line in lines[2:]), proc.stdout
     assert (out / "README.md").exists() and (out / "train.jsonl").exists()
 
 

@@ -26,6 +26,7 @@ def test_rewordings_follow_their_original_with_its_answer_in_train_only(tmp_path
         assert run(srv, tmp_path / "plain").exit_code == 0
         result = run(srv, tmp_path / "para", "--paraphrases", "2")
     assert result.exit_code == 0, result.output
+    assert "Paraphrases: " in result.output
     plain = {s: rows(tmp_path / "plain" / f"{s}.jsonl") for s in SPLITS}
     para = {s: rows(tmp_path / "para" / f"{s}.jsonl") for s in SPLITS}
     assert para["valid"] == plain["valid"] and para["test"] == plain["test"]  # held-out splits untouched
