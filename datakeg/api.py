@@ -111,7 +111,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     per-file outputs, merged files, ``rejects.jsonl`` and ``manifest.json``.
     """
     from datakeg.calls import Limits
-    from datakeg.outdir import OutputLock, prepare_out, remove_stale_temp_files
+    from datakeg.outdir import OutputLock, prepare_out, refuse_foreign, remove_stale_temp_files
     from datakeg.pipeline import Generator
     from datakeg.planning import make_plan
     from datakeg.providers import create_provider
@@ -148,6 +148,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
         except OSError as exc:
             raise DatakegError(f"cannot create {out}: {exc.strerror or exc}",
                                "Choose an output folder you can write to.") from None
+        refuse_foreign(out)  # before the lock writes anything into it
         with OutputLock(out):
             mode = prepare_out(out, fingerprint, fresh=fresh, resume=resume)
             remove_stale_temp_files(out)

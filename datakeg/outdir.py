@@ -37,6 +37,7 @@ class OutputLock:
 
     def __enter__(self) -> OutputLock:
         state = self.out / STATE_DIR
+        self.created = not state.exists()  # left nothing behind in a folder that had no state
         try:
             state.mkdir(parents=True, exist_ok=True)
             self.fh = open(state / LOCK_FILE, "a+", encoding="utf-8")
@@ -72,6 +73,13 @@ class OutputLock:
                 pass
             self.fh.close()  # closing releases the flock
             self.fh = None
+            state = self.out / STATE_DIR
+            if self.created and [p.name for p in state.iterdir()] == [LOCK_FILE]:
+                (state / LOCK_FILE).unlink(missing_ok=True)
+                try:
+                    state.rmdir()
+                except OSError:
+                    pass
 
 
 def remove_stale_temp_files(out: Path) -> int:
@@ -108,6 +116,15 @@ def _written_files(out: Path) -> list[Path]:
             if isinstance(stem, str):
                 paths += [per_file_path(out, stem, s) for s in SPLITS]
     return [p for p in paths if _inside(p, out) and p.resolve() != out.resolve()]
+
+
+def refuse_foreign(out: Path) -> None:
+    """A non-empty folder datakeg did not write is never touched (checked before anything is written)."""
+    out = Path(out)
+    if not out.is_dir() or (out / STATE_DIR / RUN_FILE).exists() or (out / MANIFEST).exists():
+        return
+    if any(p.name != STATE_DIR for p in out.iterdir()):
+        raise ConfigError(f"{out} is not empty and was not written by datakeg.", "Choose a new or empty output folder.")
 
 
 def prepare_out(out: Path, fingerprint: dict, fresh: bool = False, resume: bool = False) -> str:

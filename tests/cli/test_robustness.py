@@ -191,6 +191,7 @@ def test_different_settings_refused_unless_fresh_or_resume(server, tmp_path):
     result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(foreign), "-p", "openai", "--base-url", server.url,
                                       "--fresh"])
     assert result.exit_code == 2 and (foreign / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]  # not even a lock file was left
 
 
 def test_config_file(server, tmp_path):
