@@ -130,7 +130,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     urls = list(base_url) if isinstance(base_url, (list, tuple)) else [base_url]
     if not urls:
         urls = [None]
-    if len(set(urls)) != len(urls):
+    if len({u.rstrip("/") if isinstance(u, str) else u for u in urls}) != len(urls):
         raise ConfigError("the same --base-url is given twice", "Give each model server once.")
     provs = [create_provider(provider, model=model, base_url=u, timeout=s.request_timeout,
                              structured=s.structured, max_retries=s.max_retries) for u in urls]
@@ -267,7 +267,10 @@ def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False, on_warni
 
     if remove:
         from datakeg.outdir import OutputLock
+        from datakeg.writers import per_file_path, per_file_stems
 
+        if not any(per_file_path(Path(out), st, sp).exists() for st in per_file_stems(Path(out)) for sp in SPLITS):
+            return audit_dir(Path(out), leakage_threshold, remove=True)  # refuses, writing nothing (no lock needed)
         with OutputLock(Path(out), "audit --remove"):
             result = audit_dir(Path(out), leakage_threshold, remove=True)
             _refresh_card(Path(out), on_warning)
@@ -281,7 +284,10 @@ def merge(out, *, on_warning=None) -> dict[str, int]:
     alone (a README.md datakeg did not write, or one edited outside its user regions)."""
     from datakeg.outdir import OutputLock
     from datakeg.writers import merge as do_merge
+    from datakeg.writers import per_file_path, per_file_stems
 
+    if not any(per_file_path(Path(out), st, sp).exists() for st in per_file_stems(Path(out)) for sp in SPLITS):
+        return do_merge(Path(out))  # refuses (nothing to merge from), writing nothing: no lock needed
     with OutputLock(Path(out), "merge"):
         counts = do_merge(Path(out))
         _refresh_card(Path(out), on_warning)

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from datakeg.errors import BudgetExhausted, ProviderRequestError
+from datakeg.errors import BudgetExhausted, ProviderRequestError, ProviderUnavailable
 from datakeg.journal import Journal, request_key
 from datakeg.prompts import PROMPT_VERSION
 from datakeg.providers.base import ChatRequest, Completion, Provider
@@ -73,10 +73,11 @@ class Endpoint:
     failed: int = 0
     streak: int = 0  # failures in a row
     down_until: float = 0.0
+    refused: bool = False  # refused the key or went away for good: never used again in this run
 
     def report(self) -> dict:
         return {"base_url": self.provider.describe().get("base_url"), "concurrency": self.capacity,
-                "requests": self.requests, "failed": self.failed}
+                "requests": self.requests, "failed": self.failed, **({"refused": True} if self.refused else {})}
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -148,9 +149,13 @@ class Caller:
                 if self.stopped is not None:
                     raise self.stopped
                 now = time.monotonic()
-                open_ = [e for k, e in enumerate(self.endpoints) if k not in tried and e.inflight < e.capacity]
+                open_ = [e for k, e in enumerate(self.endpoints)
+                         if k not in tried and not e.refused and e.inflight < e.capacity]
                 healthy = [e for e in open_ if e.down_until <= now]
                 all_down = all(e.down_until > now for k, e in enumerate(self.endpoints) if k not in tried)
+                if all(e.refused for k, e in enumerate(self.endpoints) if k not in tried):
+                    raise ProviderUnavailable("every model server refused this run's requests",
+                                              "See the messages above; fix the key or the servers and rerun.")
                 pool = healthy or (open_ if all_down else [])
                 if pool:
                     ep = min(pool, key=lambda e: (e.inflight / e.capacity, self.endpoints.index(e)))
@@ -185,7 +190,8 @@ class Caller:
             return Reply(entry["text"], replayed=True)
         tried: set[int] = set()
         error = None
-        while len(tried) < len(self.endpoints):
+        while len(tried) < len(self.endpoints) and not all(
+                e.refused for k, e in enumerate(self.endpoints) if k not in tried):
             ep = self._acquire(tried, first=not tried)
             tried.add(self.endpoints.index(ep))
             try:
@@ -194,6 +200,21 @@ class Caller:
                 self._release(ep, ok=False)
                 error = exc.message if len(self.endpoints) == 1 else \
                     f"{exc.message} (at {ep.provider.describe().get('base_url')})"
+                continue
+            except ProviderUnavailable as exc:
+                # one server of several refusing the key (or gone for good) is drained for the rest of
+                # the run; only when none is left does the run stop
+                with self.free:
+                    ep.inflight -= 1
+                    ep.failed += 1
+                    ep.down_until = float("inf")
+                    ep.refused = True
+                    left = [e for e in self.endpoints if not e.refused]
+                    self.free.notify_all()
+                if not left:
+                    self.stop(exc)
+                    raise
+                error = exc.message
                 continue
             except BaseException as exc:
                 self._release(ep, ok=False)

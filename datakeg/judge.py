@@ -121,7 +121,7 @@ class Judge:
         prompt_id = "judge:" + request_key(messages=messages)
         error = None
         for _ in range(TRIES):
-            ordinal = slot.asked[prompt_id]
+            ordinal = [*slot.where, slot.asked[prompt_id]]
             slot.asked[prompt_id] += 1
             slot.judge_calls += 1
             reply = self.caller.call(request, ordinal, 0)

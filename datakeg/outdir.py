@@ -37,7 +37,6 @@ class OutputLock:
 
     def __enter__(self) -> OutputLock:
         state = self.out / STATE_DIR
-        self.created = not state.exists()  # left nothing behind in a folder that had no state
         try:
             state.mkdir(parents=True, exist_ok=True)
             self.fh = open(state / LOCK_FILE, "a+", encoding="utf-8")
@@ -71,22 +70,16 @@ class OutputLock:
                 self.fh.truncate()
             except OSError:
                 pass
-            self.fh.close()  # closing releases the flock
-            self.fh = None
-            state = self.out / STATE_DIR
-            if self.created and [p.name for p in state.iterdir()] == [LOCK_FILE]:
-                (state / LOCK_FILE).unlink(missing_ok=True)
-                try:
-                    state.rmdir()
-                except OSError:
-                    pass
+            self.fh.close()  # closing releases the flock (the file stays: unlinking it would let two
+            self.fh = None  # processes lock two different files of the same name)
 
 
 def remove_stale_temp_files(out: Path) -> int:
-    """Temp files left by a killed writer (``.<name>.<random>.tmp``), inside OUT only."""
+    """Temp files left by a killed writer (``.<name>.<random>.tmp``), inside OUT only (its state
+    folder included). Call it holding the lock: no other writer's temp file is in flight."""
     n = 0
     for p in Path(out).rglob(".*.tmp"):
-        if p.is_file() and STATE_DIR not in p.relative_to(out).parts[:1]:
+        if p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
             n += 1
     return n

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from datakeg.writers import MANIFEST, REJECTS, atomic_write_json, atomic_write_j
 
 LEAKAGE_ROUNDS = 3  # audit -> backfill -> audit ... at most this many times
 MANIFEST_EVERY = 2.0  # seconds between manifest updates while documents finish
+STOP_GRACE = 10.0  # seconds a stopped run waits for requests in flight before it exits
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Generator:
         self.runner = DocumentRunner(self.caller, settings, self.cb, judge)
         self.lock = threading.Lock()
         self._last_manifest = 0.0
+        self._audit_changed: set[int] = set()  # documents the leakage audit changed
 
     @property
     def stats(self) -> RunStats:
@@ -108,11 +109,13 @@ class Generator:
         chunk_pool = PriorityPool(slots, "datakeg-chunk")
         # documents only orchestrate (their requests go through the chunk pool and the call slots),
         # so more of them in flight keeps every request slot busy while some wait between rounds
-        doc_pool = ThreadPoolExecutor(4 * slots, thread_name_prefix="datakeg-doc")
+        doc_pool = PriorityPool(4 * slots, "datakeg-doc")
 
         def one(k: int) -> None:
             res = self.runner.run(plan.docs[k], chunk_pool, priority=-plan.docs[k].total)
-            self._write_document(res)
+            with self.lock:  # files and manifest change together: a stop never sees one without the other
+                self._write_document(res)
+                results[k] = res
             for i, sp, got, want in res.short_chunks():
                 self.cb.on_warning(f"{res.plan.doc.relpath} chunk {i} ({sp}): {got}/{want} pairs after "
                                    f"{res.slots[i][sp].calls} request(s); continuing with fewer (never padded)")
@@ -120,7 +123,6 @@ class Generator:
                 self.cb.on_chunk_done(res.plan, chunk, sum(len(res.slots[i][sp].pairs) for sp in SPLITS))
             self.cb.on_document_done(res.plan, res.delivered)
             with self.lock:
-                results[k] = res
                 if time.monotonic() - self._last_manifest >= MANIFEST_EVERY:
                     self._last_manifest = time.monotonic()
                     atomic_write_json(self.out / MANIFEST,
@@ -132,23 +134,38 @@ class Generator:
             audit = self._audit(results, chunk_pool) if self.settings.effective_leakage > 0 else None
             self._paraphrase_report = self._paraphrase(results, chunk_pool) if self.settings.paraphrases else None
         except BaseException as exc:
-            self.caller.stop(exc if isinstance(exc, DatakegError) else BudgetExhausted("interrupted"))
-            doc_pool.shutdown(wait=True, cancel_futures=True)
-            chunk_pool.shutdown(wait=True, cancel_futures=True)
+            if isinstance(exc, DatakegError):
+                reason = exc.message
+            elif isinstance(exc, KeyboardInterrupt):
+                reason = "interrupted"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            self.caller.stop(exc if isinstance(exc, DatakegError) else BudgetExhausted(reason))
+
+            def record_stop() -> None:  # OUT as it stands: files, rejects and manifest agree
+                try:
+                    with self.lock:
+                        for k in sorted(self._audit_changed):
+                            self._write_document(results[k])
+                        atomic_write_jsonl(self.out / REJECTS, (r.to_dict() for r in self._rejects(results)))
+                        atomic_write_json(self.out / MANIFEST, self._manifest("stopped", plan, results, source,
+                                                                              started, stop_reason=reason))
+                except OSError:
+                    pass
+
+            record_stop()  # first, so a second Ctrl+C or a SIGKILL after it still finds OUT described
+            doc_pool.shutdown(wait=False, cancel_futures=True)
+            chunk_pool.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + STOP_GRACE  # requests in flight may finish (and are journaled)
+            doc_pool.join(max(0.0, deadline - time.monotonic()))
+            chunk_pool.join(max(0.0, deadline - time.monotonic()))
+            record_stop()
             self.journal.close()
-            reason = exc.message if isinstance(exc, DatakegError) else "interrupted"
-            try:
-                with self.lock:
-                    atomic_write_json(self.out / MANIFEST, self._manifest("stopped", plan, results, source,
-                                                                          started, stop_reason=reason))
-            except OSError:
-                pass
             raise
         doc_pool.shutdown()
         chunk_pool.shutdown()
         self.journal.close()
-        rejects = [r for res in results for r in res.rejects] + self._audit_rejects + self._paraphrase_rejects
-        atomic_write_jsonl(self.out / REJECTS, (r.to_dict() for r in rejects))
+        atomic_write_jsonl(self.out / REJECTS, (r.to_dict() for r in self._rejects(results)))
         merge(self.out)
         manifest = self._manifest("complete", plan, results, source, started, audit)
         if self._paraphrase_report is not None:
@@ -158,6 +175,10 @@ class Generator:
         atomic_write_json(self.out / MANIFEST, manifest)
         self._write_card(manifest)
         return RunResult(manifest, self.stats)
+
+    def _rejects(self, results: list[DocResult | None]) -> list[Reject]:
+        return ([r for res in results if res is not None for r in res.rejects] + list(self._audit_rejects)
+                + list(self._paraphrase_rejects))
 
     # -- paraphrased train questions ------------------------------------------------------
     _paraphrase_rejects: list[Reject] = []
@@ -187,7 +208,7 @@ class Generator:
             request = ChatRequest(messages, schema=para.SCHEMA, temperature=self.settings.temperature,
                                   max_tokens=100 + 40 * k * len(qs), seed=self.settings.seed,
                                   task={"kind": "paraphrase", "questions": qs, "k": k})
-            return qs, self.caller.call(request, 0, chunk=f"{res.plan.doc.relpath}#{i}")
+            return qs, self.caller.call(request, ["paraphrase", d, i, start], chunk=f"{res.plan.doc.relpath}#{i}")
 
         replies = [f.result() for f in [pool.submit(ask, *job) for job in jobs]]
         self._paraphrase_rejects = []
@@ -214,22 +235,38 @@ class Generator:
                     dropped[reason] += 1
                     self._paraphrase_rejects.append(Reject("dropped_pair", reason=f"paraphrase_{reason}",
                                                            question=text, similar_question=q, **where))
-        # no rewording may come near a held-out question: valid/test (as "train", kept) vs rewordings
+        # A rewording must not come near a held-out question (valid/test, labelled "train" so they
+        # are kept, against the rewordings labelled "valid"), nor repeat a train question of another
+        # document or another document's rewording (all train questions first, then the rewordings,
+        # each with its real document). Rewordings of one document may resemble their originals.
+        threshold = self.settings.effective_leakage or 1.0
         held = [p.question for res in results for s in res.slots for sp in ("valid", "test") for p in s[sp].pairs]
-        leaks = find_leaks(held + [c[3] for c in cands], ["train"] * len(held) + ["valid"] * len(cands),
-                           [0] * (len(held) + len(cands)), self.settings.effective_leakage or 1.0) if cands else []
-        leaked = {lk.index - len(held): lk for lk in leaks if lk.index >= len(held) and lk.other < len(held)}
+        bad: dict[int, tuple[str, float, str]] = {}  # candidate -> (question it is near, score, reason)
+        if cands:
+            for lk in find_leaks(held + [c[3] for c in cands], ["train"] * len(held) + ["valid"] * len(cands),
+                                 [0] * (len(held) + len(cands)), threshold):
+                if lk.index >= len(held) and lk.other < len(held):
+                    bad[lk.index - len(held)] = (held[lk.other], lk.score, "paraphrase_leakage")
+        train = [(d, p.question) for d, res in enumerate(results) for s in res.slots for p in s["train"].pairs]
+        ok = [n for n in range(len(cands)) if n not in bad]
+        if ok:
+            texts = [q for _, q in train] + [cands[n][3] for n in ok]
+            for lk in find_leaks(texts, ["train"] * len(texts), [d for d, _ in train] + [cands[n][0] for n in ok],
+                                 threshold):
+                if lk.index >= len(train):
+                    bad[ok[lk.index - len(train)]] = (texts[lk.other], lk.score, "paraphrase_repeat")
         for n, (d, i, j, text) in enumerate(cands):
-            if n in leaked:
-                dropped["leakage"] += 1
+            if n in bad:
+                near, score, reason = bad[n]
+                dropped["leakage" if reason == "paraphrase_leakage" else "repeat"] += 1
                 self._paraphrase_rejects.append(Reject(
-                    "dropped_pair", reason="paraphrase_leakage", source=results[d].plan.doc.relpath, chunk=i,
-                    split="train", question=text, similar_question=held[leaked[n].other],
-                    similarity=round(leaked[n].score, 3)))
+                    "dropped_pair", reason=reason, source=results[d].plan.doc.relpath, chunk=i, split="train",
+                    question=text, similar_question=near, similarity=round(score, 3)))
                 continue
             results[d].paraphrases.setdefault((i, j), []).append(text)
-        for res in results:
-            self._write_document(res)
+        with self.lock:
+            for res in results:
+                self._write_document(res)
         kept_total = sum(len(v) for res in results for v in res.paraphrases.values())
         return {"per_question": k, "added": kept_total, "requests": len(jobs), "dropped": dict(sorted(dropped.items()))}
 
@@ -283,10 +320,14 @@ class Generator:
                                                   chunk=i, split=sp, question=pair.question, answer=pair.answer,
                                                   similar_question=other_q, similarity=round(leak.score, 3)))
                 removed_by_kind[leak.kind] = removed_by_kind.get(leak.kind, 0) + 1
-            for (k, i, sp), js in drop.items():
-                slot = results[k].slots[i][sp]
-                slot.pairs = [p for j, p in enumerate(slot.pairs) if j not in js]
-                changed_docs.add(k)
+            with self.lock:  # the files follow every change, so a stop finds them in agreement
+                for (k, i, sp), js in drop.items():
+                    slot = results[k].slots[i][sp]
+                    slot.pairs = [p for j, p in enumerate(slot.pairs) if j not in js]
+                    changed_docs.add(k)
+                    self._audit_changed.add(k)
+                for k in sorted({k for k, _, _ in drop}):
+                    self._write_document(results[k])
             if rounds == LEAKAGE_ROUNDS:
                 break
             # backfill, chunks in parallel (each chunk's calls are numbered on its own, so the
@@ -304,6 +345,13 @@ class Generator:
 
             for f in [pool.submit(refill_chunk, k, i) for (k, i) in sorted({(k, i) for k, i, _ in drop})]:
                 f.result()
+            # chunks of one document refilled side by side may have written the same new question:
+            # the round's deterministic pass in chunk order settles it, as after a split round
+            for k, sp in sorted({(k, sp) for k, _, sp in drop}):
+                self.runner.reconcile(results[k], sp, pool)
+            with self.lock:
+                for k in sorted({k for k, _, _ in drop}):
+                    self._write_document(results[k])
         for k in sorted(changed_docs):
             self._write_document(results[k])
         return {"threshold": threshold, "removed": dict(sorted(removed_by_kind.items())), "rounds": rounds,

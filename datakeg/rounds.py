@@ -37,6 +37,7 @@ class Slot:
     pairs: list[Pair] = field(default_factory=list)
     calls: int = 0
     asked: Counter = field(default_factory=Counter)  # how often each exact prompt was asked
+    where: tuple = ()  # (chunk index, split): part of every journal key, so identical chunks never share one
     errors: int = 0
     dropped: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
@@ -97,11 +98,11 @@ class DocumentRunner:
                 "reasoning": self.settings.reasoning}
         request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
                               max_tokens=200 + per_pair * count, seed=self.settings.seed, task=task)
-        # The journal key counts how often this exact prompt was asked before for this chunk and
-        # split, not the call's position: a rerun in which an earlier request now succeeds (and so
+        # The journal key holds the chunk and split (two chunks with the same text are different
+        # work) and counts how often this exact prompt was asked before for them, not the call's position: a rerun in which an earlier request now succeeds (and so
         # shifts the positions) still replays every prompt it already paid for.
         prompt_id = request_key(messages=messages)
-        ordinal = slot.asked[prompt_id]
+        ordinal = [*slot.where, slot.asked[prompt_id]]
         slot.asked[prompt_id] += 1
         slot.calls += 1
         reply = self.caller.call(request, ordinal, count, chunk=f"{dp.doc.relpath}#{i}")
@@ -199,7 +200,7 @@ class DocumentRunner:
         work (lower priority values first)."""
         s = self.settings
         n = len(dp.chunks)
-        res = DocResult(dp, [{split: Slot() for split in SPLITS} for _ in range(n)])
+        res = DocResult(dp, [{split: Slot(where=(i, split)) for split in SPLITS} for i in range(n)])
         slots = res.slots
         self.cb.on_document_start(dp)
 

@@ -120,6 +120,7 @@ class Settings:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            _check_type(f.name, str(f.type), value)
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"unknown --{f.name.replace('_', '-')} {value!r}",
@@ -157,6 +158,29 @@ class Settings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _check_type(name: str, annotation: str, value) -> None:
+    """Python API values of the wrong type are a ConfigError (click converts the CLI's itself)."""
+    flag = f"--{name.replace('_', '-')}"
+    if value is None:
+        if "None" not in annotation:
+            raise ConfigError(f"{flag} needs a value.")
+        return
+    if annotation.startswith("bool"):
+        ok = isinstance(value, bool)
+        kind = "true or false"
+    elif annotation.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        kind = "a whole number"
+    elif annotation.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        kind = "a number"
+    else:
+        ok = isinstance(value, str)
+        kind = "text"
+    if not ok:
+        raise ConfigError(f"{flag} must be {kind}, got {value!r}.")
 
 
 def _range(value, low, high, name: str, note: str) -> None:

@@ -41,6 +41,15 @@ class PriorityPool:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 fut.set_exception(exc)
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds in all) for the workers to end after ``shutdown``."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         if cancel_futures:
             while True:

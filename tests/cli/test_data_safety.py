@@ -25,7 +25,7 @@ def test_merge_refuses_a_folder_without_per_file_outputs(tmp_path):
     assert "no per-file outputs" in result.output and "Nothing was changed" in result.output
     assert "Traceback" not in result.output
     assert _snapshot(tmp_path) == before
-    assert not (tmp_path / ".datakeg").exists()  # the lock left nothing behind
+    assert not (tmp_path / ".datakeg").exists()  # refused before any lock was taken
 
 
 def test_merge_keeps_rows_holding_unicode_line_separators(tmp_path):

@@ -298,3 +298,34 @@ def test_tiny_documents_still_fill_every_split(tmp_path):
     (one / "a.md").write_text("# A\n\nThe only fact.\n")
     dry = datakeg.plan(one, pairs_per_1k=1)
     assert dry.plan.by_split["train"] == 1 and len(dry.warnings) == 2 and "valid split will be empty" in dry.warnings[0]
+
+
+def test_identical_chunks_are_separate_work_whatever_the_concurrency(tmp_path):
+    """Regression: two chunks with the same text shared journal keys, so one was served the other's
+    reply, paid replies were overwritten and a rerun paid again."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    section = "## Notes\n\n" + "Tallyho reads every Markdown file in the folder and counts its words. " * 6
+    (src / "a.md").write_text("# Manual\n\n" + "\n\n".join([section] * 4), encoding="utf-8")
+    outs = {}
+    for c in ("1", "4"):
+        with FakeLLMServer(jitter=0.01) as srv:
+            assert gen(srv, src, tmp_path / f"c{c}", "-c", c, "--chunk-size", "600").exit_code == 0
+            sent = len(srv.requests)
+        m = json.loads((tmp_path / f"c{c}" / "manifest.json").read_text())
+        assert m["totals"]["replayed_from_journal"] == 0 and m["totals"]["requests"] == sent
+        outs[c] = {p.name: p.read_bytes() for p in (tmp_path / f"c{c}").glob("*.jsonl")}
+        with FakeLLMServer() as srv:  # a rerun pays for nothing
+            assert gen(srv, src, tmp_path / f"c{c}", "-c", c, "--chunk-size", "600").exit_code == 0
+            assert srv.requests == []
+    assert outs["1"] == outs["4"]
+
+
+def test_one_server_refusing_the_key_is_drained_not_fatal(tmp_path):
+    with FakeLLMServer(faults=["http401"]) as bad, FakeLLMServer() as good:
+        result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(tmp_path / "o"), "-p", "openai",
+                                          "--base-url", bad.url, "--base-url", good.url, "-c", "2", "-q"])
+        assert result.exit_code == 0, result.output
+        assert len(bad.requests) <= 2  # refused once per slot at most, then never used again
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["totals"]["delivered"] == m["totals"]["target"] and m["endpoints"][0]["refused"] is True

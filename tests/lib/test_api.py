@@ -245,3 +245,11 @@ def test_min_per_section_reaches_every_section(tmp_path):
     raised = pairs_per_section(datakeg.plan(src, pairs_per_1k=0.5, chunk_size=500, min_per_section=2))
     assert raised.keys() == plain.keys() and all(v >= 2 for v in raised.values())
     assert all(raised[k] == max(plain[k], 2) for k in plain)  # only what is missing is added
+
+
+@pytest.mark.parametrize("kw", [{"max_attempts": 1.5}, {"max_requests": True}, {"seed": "x"},
+                                {"max_requests": "10"}, {"no_audit": 1}, {"batch_size": 4.0}])
+def test_wrongly_typed_settings_are_config_errors(kw, tmp_path):
+    with pytest.raises(ConfigError, match="must be"):
+        datakeg.generate(TESTDOC, tmp_path / "o", provider="openai", base_url="http://127.0.0.1:9/v1", **kw)
+    assert not (tmp_path / "o").exists()
