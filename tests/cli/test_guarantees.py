@@ -329,3 +329,25 @@ def test_one_server_refusing_the_key_is_drained_not_fatal(tmp_path):
         assert len(bad.requests) <= 2  # refused once per slot at most, then never used again
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["totals"]["delivered"] == m["totals"]["target"] and m["endpoints"][0]["refused"] is True
+
+
+def test_a_stop_during_the_leakage_backfill_leaves_out_consistent(tmp_path):
+    src = tmp_path / "docs"
+    src.mkdir()
+    base = (TESTDOC / "README.md").read_text()
+    (src / "a.md").write_text(base)
+    (src / "b.md").write_text(base + "\n\n" + " ".join(f"Extra fact {i} about item{i}x." for i in range(20)))
+    with FakeLLMServer() as srv:
+        assert gen(srv, src, tmp_path / "plain", "--no-audit").exit_code == 0
+        generation_requests = len(srv.requests)
+    with FakeLLMServer() as srv:  # the budget runs out at the first backfill request of the audit
+        result = gen(srv, src, tmp_path / "o", "--max-requests", str(generation_requests))
+    assert result.exit_code == 5, result.output
+    out = tmp_path / "o"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "stopped" and m["totals"]["dropped"].get("leakage", 0) > 0
+    for f in m["files"]:
+        for s in SPLITS:  # what the manifest says is what the files hold
+            assert len(rows(out / f"{f['output']}_{s}.jsonl")) == f["delivered"][s]
+    leak_rejects = [r for r in rows(out / "rejects.jsonl") if r.get("reason") == "leakage"]
+    assert len(leak_rejects) == m["totals"]["dropped"]["leakage"]
