@@ -219,12 +219,12 @@ def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: i
 
 def memory_run(pairs: int, work: Path) -> None:
     """Peak client memory for a run of about ``pairs`` pairs (no latency), in a child process."""
-    corpus = make_many(work / "mem-corpus", n=max(1, pairs // 100))
+    corpus = make_many(work / "mem-corpus", n=max(1, pairs // 21))  # about 21 pairs per page at 20 per 1k
     code = (
         "import json, resource, sys, time, datakeg\n"
         "t = time.process_time()\n"
         f"r = datakeg.generate({str(corpus)!r}, {str(work / 'mem-out')!r}, provider='openai', "
-        "base_url=sys.argv[1], model='fake-model', concurrency=32, pairs_per_1k=100)\n"
+        "base_url=sys.argv[1], model='fake-model', concurrency=32, pairs_per_1k=20)\n"
         "print(json.dumps({'pairs': sum(r.delivered.values()), 'requests': r.manifest['totals']['requests'], "
         "'cpu': time.process_time() - t, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
     with fake_server_process(0.0) as url:

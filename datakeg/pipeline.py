@@ -34,7 +34,7 @@ from datakeg.workers import PriorityPool
 from datakeg.writers import MANIFEST, REJECTS, atomic_write_json, atomic_write_jsonl, merge, per_file_path
 
 LEAKAGE_ROUNDS = 3  # audit -> backfill -> audit ... at most this many times
-MANIFEST_EVERY = 2.0  # seconds between manifest updates while documents finish
+MANIFEST_EVERY = 5.0  # seconds between manifest updates while documents finish
 STOP_GRACE = 10.0  # seconds a stopped run waits for requests in flight before it exits
 
 
