@@ -239,9 +239,14 @@ class Caller:
             if reply.cached_tokens is not None:
                 st.cached_tokens = (st.cached_tokens or 0) + reply.cached_tokens
             if chunk is not None:
-                earlier = self._prompts.setdefault(chunk, [])
+                # compared with the chunk's first and latest prompts only (memory stays flat on big runs;
+                # the first shares system prompt, document and excerpt with every later one)
+                earlier = self._prompts.get(chunk)
                 st.prompt_chars += len(prompt)
-                st.prefix_chars += max((_common_prefix(prompt, p) for p in earlier), default=0)
-                earlier.append(prompt)
+                if earlier:
+                    st.prefix_chars += max(_common_prefix(prompt, p) for p in earlier)
+                    self._prompts[chunk] = [earlier[0], prompt]
+                else:
+                    self._prompts[chunk] = [prompt]
         self.on_request(reply.prompt_tokens, reply.completion_tokens)
         return Reply(reply.text)
