@@ -206,6 +206,7 @@ def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Pa
 
 
 def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: int, work: Path) -> None:
+    run_generate(corpus, 0.0, concurrency, work, **settings)  # warm-up: imports are not the run
     print(f"\n{'servers':>7} {'conc. each':>10} {'requests':>8} {'wall s':>7} {'pairs/s':>8} {'speed-up':>8}")
     base = None
     for servers in (1, 2):
