@@ -11,7 +11,7 @@ Every function raises :mod:`datakeg.errors` exceptions (each with a ``hint`` say
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from datakeg.callbacks import Callbacks
@@ -51,8 +51,14 @@ class DryRun:
 
     plan: object  # datakeg.planning.Plan
     estimate: dict
-    skipped: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list:
+        return self.plan.skipped
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.plan.warnings
 
 
 def _check_paths(src: Path, out: Path | None) -> None:
@@ -92,7 +98,7 @@ def plan(src, out=None, **settings) -> DryRun:
     _check_paths(src, Path(out) if out is not None else None)
     docs, skipped = _read(src, Path(out) if out is not None else None, s)
     p = make_plan(docs, skipped, s)
-    return DryRun(p, estimate(p, s), list(p.skipped), list(p.warnings))
+    return DryRun(p, estimate(p, s))
 
 
 def generate(src, out, *, provider: str = "ollama", model: str | None = None, base_url: str | list[str] | None = None,
@@ -267,9 +273,9 @@ def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False, on_warni
 
     if remove:
         from datakeg.outdir import OutputLock
-        from datakeg.writers import per_file_path, per_file_stems
+        from datakeg.writers import has_per_file_outputs
 
-        if not any(per_file_path(Path(out), st, sp).exists() for st in per_file_stems(Path(out)) for sp in SPLITS):
+        if not has_per_file_outputs(Path(out)):
             return audit_dir(Path(out), leakage_threshold, remove=True)  # refuses, writing nothing (no lock needed)
         with OutputLock(Path(out), "audit --remove"):
             result = audit_dir(Path(out), leakage_threshold, remove=True)
@@ -283,10 +289,10 @@ def merge(out, *, on_warning=None) -> dict[str, int]:
     card OUT/README.md (holding OUT's lock). ``on_warning(message)`` hears when the card was left
     alone (a README.md datakeg did not write, or one edited outside its user regions)."""
     from datakeg.outdir import OutputLock
+    from datakeg.writers import has_per_file_outputs
     from datakeg.writers import merge as do_merge
-    from datakeg.writers import per_file_path, per_file_stems
 
-    if not any(per_file_path(Path(out), st, sp).exists() for st in per_file_stems(Path(out)) for sp in SPLITS):
+    if not has_per_file_outputs(Path(out)):
         return do_merge(Path(out))  # refuses (nothing to merge from), writing nothing: no lock needed
     with OutputLock(Path(out), "merge"):
         counts = do_merge(Path(out))

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datakeg.errors import BudgetExhausted, ProviderRequestError, ProviderUnavailable
 from datakeg.journal import Journal, request_key
@@ -54,7 +53,6 @@ class RunStats:
     max_pairs_asked: int = 0
     prompt_chars: int = 0  # characters of the prompts sent ...
     prefix_chars: int = 0  # ... of which repeat the start of an earlier prompt for the same chunk
-    dropped: Counter = field(default_factory=Counter)
 
 
 @dataclass

@@ -234,7 +234,6 @@ def _reporter(quiet: bool, batch_size: int = 15):
 
 # --------------------------------------------------------------------------- generate options
 _SECRET_NAMES = ("api_key", "apikey", "key", "token", "secret", "password")
-_RUN_OPTIONS = ("provider", "model", "base_url", "concurrency")  # config keys besides the settings
 
 
 def _toml_loads(text: str) -> dict:
@@ -299,12 +298,6 @@ def settings_options(func):
                 kw["metavar"] = f.metadata["metavar"]
         func = click.option(*decls, f.name, **kw)(func)
     return func
-
-
-def _provider_help() -> str:
-    from datakeg.providers import descriptions
-
-    return "Where the model runs: " + "; ".join(f"{k} = {v}" for k, v in descriptions().items()) + "."
 
 
 class _ProviderChoice(click.ParamType):

@@ -111,12 +111,21 @@ def _written_files(out: Path) -> list[Path]:
     return [p for p in paths if _inside(p, out) and p.resolve() != out.resolve()]
 
 
+def _other_entries(out: Path) -> list[Path]:
+    """What OUT holds besides datakeg's state folder and its own dataset card."""
+    from datakeg.card import CARD, is_datakeg_card
+
+    if not out.is_dir():
+        return []
+    return [p for p in out.iterdir() if p.name != STATE_DIR and not (p.name == CARD and is_datakeg_card(p))]
+
+
 def refuse_foreign(out: Path) -> None:
     """A non-empty folder datakeg did not write is never touched (checked before anything is written)."""
     out = Path(out)
-    if not out.is_dir() or (out / STATE_DIR / RUN_FILE).exists() or (out / MANIFEST).exists():
+    if (out / STATE_DIR / RUN_FILE).exists() or (out / MANIFEST).exists():
         return
-    if any(p.name != STATE_DIR for p in out.iterdir()):
+    if _other_entries(out):
         raise ConfigError(f"{out} is not empty and was not written by datakeg.", "Choose a new or empty output folder.")
 
 
@@ -131,17 +140,10 @@ def prepare_out(out: Path, fingerprint: dict, fresh: bool = False, resume: bool 
     out = Path(out)
     state = out / STATE_DIR
     run_file = state / RUN_FILE
-    from datakeg.card import CARD, is_datakeg_card
-
-    # datakeg's own dataset card does not make OUT someone else's folder
-    entries = [p for p in out.iterdir() if p.name != STATE_DIR and not (p.name == CARD and is_datakeg_card(p))] \
-        if out.exists() else []
+    refuse_foreign(out)
     has_run = run_file.exists()
     mode = "new"
-    if entries and not has_run:
-        if not (out / MANIFEST).exists():
-            raise ConfigError(f"{out} is not empty and was not written by datakeg.",
-                              "Choose a new or empty output folder.")
+    if _other_entries(out) and not has_run:
         if not (fresh or resume):
             raise ConfigError(f"{out} holds output of an earlier datakeg run that cannot be resumed.",
                               "Pass --fresh to replace it, or choose another output folder.")

@@ -66,6 +66,12 @@ def per_file_stems(out: Path) -> list[str]:
     return sorted(stems)
 
 
+def has_per_file_outputs(out: Path) -> bool:
+    """Whether OUT holds any per-file output to rebuild the merged files from."""
+    out = Path(out)
+    return any(per_file_path(out, stem, split).exists() for stem in per_file_stems(out) for split in SPLITS)
+
+
 def merge(out: Path) -> dict[str, int]:
     """(Re)build OUT/train.jsonl, valid.jsonl, test.jsonl from the per-file outputs, in order.
 
@@ -78,7 +84,7 @@ def merge(out: Path) -> dict[str, int]:
 
     out = Path(out)
     stems = per_file_stems(out)
-    if not any(per_file_path(out, stem, split).exists() for stem in stems for split in SPLITS):
+    if not has_per_file_outputs(out):
         listed = (f" ({MANIFEST} lists {len(stems)} file(s), but none of their outputs exist)"
                   if stems else "")
         raise ConfigError(

@@ -12,6 +12,16 @@ TESTDOC = ROOT / "testdoc"
 SMALL_TESTDOC = ("README.md", "guide/README.md", "guide/faq.txt")
 
 
+def wait_for_requests(srv, n: int, proc=None, timeout: float = 60.0) -> None:
+    """Wait until ``srv`` has received ``n`` chat requests (or ``proc`` ended, or time is up), so a
+    signal sent next lands in the middle of a run."""
+    import time
+
+    deadline = time.time() + timeout
+    while len(srv.requests) < n and (proc is None or proc.poll() is None) and time.time() < deadline:
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def server():
     """A cooperative fake LLM server; tests that need faults build their own."""

@@ -180,7 +180,7 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     return body
 
 
-PARAPHRASE_MARKER = "Rewrite each numbered question below"
+from datakeg.paraphrase import MARKER as PARAPHRASE_MARKER  # noqa: E402  (the prompt's own wording)
 _REWRITES = ("Could you tell me: {q}", "I would like to know this. {q}", "Quick question about the docs: {q}",
              "Please explain. {q}", "One more thing. {q}")
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from click.testing import CliRunner
 from datakeg.cli import cli
 from datakeg.testing.fake_server import FakeLLMServer
 
-from conftest import ROOT, TESTDOC
+from conftest import ROOT, TESTDOC, wait_for_requests
 
 SPLITS = ("train", "valid", "test")
 
@@ -84,9 +83,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_files(small_testdoc, 
     with FakeLLMServer(latency=0.1) as srv:
         proc = subprocess.Popen(cmd(srv, small_testdoc, out, "-c", "1", "--pairs-per-1k", "20"), cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while len(srv.requests) < 3 and time.time() < deadline:
-            time.sleep(0.01)
+        wait_for_requests(srv, 3)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
@@ -268,9 +265,7 @@ def test_a_second_process_is_refused_while_a_run_holds_out(tmp_path):
     with FakeLLMServer(latency=0.05) as srv:
         first = subprocess.Popen(cmd(srv, TESTDOC, out, "-c", "1"), cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while len(srv.requests) < 2 and time.time() < deadline:
-            time.sleep(0.01)
+        wait_for_requests(srv, 2)
         second = subprocess.run(cmd(srv, TESTDOC, out, "-c", "1"), cwd=ROOT, capture_output=True, text=True,
                                 timeout=60)
         assert second.returncode == 2, second.stderr

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -14,7 +13,7 @@ from datakeg.cli import cli
 from datakeg.journal import JOURNAL, JOURNAL_DIR
 from datakeg.testing.fake_server import FakeLLMServer
 
-from conftest import ROOT, TESTDOC
+from conftest import ROOT, TESTDOC, wait_for_requests
 
 SPLITS = ("train", "valid", "test")
 
@@ -43,9 +42,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run_and_repeats_no_finished_re
             cmd = [sys.executable, "-m", "datakeg", "generate", str(src), str(out), "-p", "openai",
                    "--base-url", srv.url, "-q", "-c", "1"]
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.time() + 120
-            while len(srv.requests) < kill_after and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.01)
+            wait_for_requests(srv, kill_after, proc, timeout=120)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         # nothing half-written: every JSONL in OUT parses completely
@@ -72,9 +69,7 @@ def test_ctrl_c_stops_cleanly_with_exit_130_and_resumes(corpus, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "datakeg", "generate", str(src), str(out), "-p", "openai",
                                  "--base-url", srv.url, "-q", "-c", "1"], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while len(srv.requests) < 3 and time.time() < deadline:
-            time.sleep(0.01)
+        wait_for_requests(srv, 3)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err

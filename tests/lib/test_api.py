@@ -143,13 +143,13 @@ def test_click_options_init_config_and_readme_agree_with_settings(tmp_path):
             assert rows[f.name] == expected, (f.name, rows[f.name], expected)
 
 
-def test_config_example_round_trips_into_generate(tmp_path, server=None):
+def test_config_example_round_trips_into_generate(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(config_example())
-    with FakeLLMServer() as srv:
-        result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(tmp_path / "o"), "--config", str(path),
-                                          "-p", "openai", "--base-url", srv.url, "--dry-run"])
+    result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(tmp_path / "o"), "--config", str(path),
+                                      "--dry-run"])
     assert result.exit_code == 0, result.output
+    assert "TOTAL" in result.output  # every key of the example was accepted and the plan was shown
 
 
 PLUGIN = '''
