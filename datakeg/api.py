@@ -148,6 +148,12 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
         judge = judge_provider(s, prov, cb)  # checked before any work too
         if judge is not None:
             provs.append(judge)  # closed with the others
+        semantic = None
+        if s.semantic_dedupe:
+            from datakeg.semantic import SemanticModel
+
+            semantic = SemanticModel(s.semantic_model, s.semantic_threshold)
+            semantic.check()  # loads it: a missing extra or a bad folder stops the run before any work
         fingerprint = {**prov.fingerprint(), "settings": s.shaping()}
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +170,8 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
             prov.prepare(lambda message: cb.on_message(f"{prov.name}: {message}"))
             gen = Generator([p for p in provs if p is not judge], s, out, cb,
                             concurrency=concurrency or prov.default_concurrency,
-                            limits=Limits(s.max_requests, s.max_tokens, s.max_cost), judge=judge)
+                            limits=Limits(s.max_requests, s.max_tokens, s.max_cost), judge=judge,
+                            semantic=semantic)
             if mode == "resume" and len(gen.journal):
                 cb.on_message(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
             run = gen.run(the_plan, src)
@@ -265,11 +272,25 @@ def _refresh_card(out: Path, on_warning) -> None:
         on_warning(note)
 
 
-def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False, on_warning=None):
+def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False, on_warning=None,
+          semantic_dedupe: bool = False, semantic_model: str | None = None, semantic_threshold: float = 0.85):
     """Leakage audit of an output folder. Returns (hits, removed); ``remove`` takes the leaking
     pairs out of the per-file files and rebuilds the merged files and the dataset card (holding
-    OUT's lock). ``on_warning(message)`` hears when the card could not be rewritten."""
+    OUT's lock). ``on_warning(message)`` hears when the card could not be rewritten.
+    ``semantic_dedupe`` adds sentence-embedding near-duplicates, as ``generate --semantic-dedupe``
+    (inside a document's split too, kind "duplicate")."""
+    import functools
+
     from datakeg.auditing import audit_dir
+
+    if semantic_model and not semantic_dedupe:
+        raise ConfigError("--semantic-model needs --semantic-dedupe.", "Add --semantic-dedupe.")
+    if semantic_dedupe:
+        from datakeg.semantic import SemanticModel
+
+        model = SemanticModel(semantic_model, semantic_threshold)
+        model.check()
+        audit_dir = functools.partial(audit_dir, semantic=model)
 
     if remove:
         from datakeg.outdir import OutputLock

@@ -1,5 +1,6 @@
 """The `datakeg audit` command: the leakage rule of `generate` (:mod:`datakeg.leakage`, an exact
-TF-IDF character n-gram cosine search) applied to an existing output folder."""
+TF-IDF character n-gram cosine search, plus sentence embeddings with ``--semantic-dedupe``)
+applied to an existing output folder."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ class AuditHit:
     similar: str  # the kept question it is too close to
     similar_split: str
     score: float
-    kind: str  # valid~train, test~train, test~valid or repeat (same split, another document)
+    kind: str  # valid~train, test~train, test~valid, repeat (same split, another document) or
+    #            duplicate (same split and document; semantic only)
+    method: str = "tfidf"  # or "semantic": found only by --semantic-dedupe's sentence embeddings
 
 
-def audit_dir(out, threshold: float, remove: bool = False) -> tuple[list[AuditHit], int]:
+def audit_dir(out, threshold: float, remove: bool = False, semantic=None) -> tuple[list[AuditHit], int]:
     """Audit an output folder with the same rule as the audit inside `generate`
     (:func:`datakeg.leakage.find_leaks`): valid vs train, test vs train and valid, and repeats
     inside a split across documents. Documents are told apart by their per-file outputs; a folder
@@ -65,9 +68,10 @@ def audit_dir(out, threshold: float, remove: bool = False) -> tuple[list[AuditHi
             for k, (lineno, value, _) in enumerate(load_rows(path) if path.exists() else []):
                 items.append((sp, 0, path, k, lineno, from_row(value).question))
     items.sort(key=lambda t: (t[1], SPLITS.index(t[0]), t[3]))  # document, split, position
-    leaks = find_leaks([t[5] for t in items], [t[0] for t in items], [t[1] for t in items], threshold)
+    leaks = find_leaks([t[5] for t in items], [t[0] for t in items], [t[1] for t in items], threshold,
+                       semantic=semantic, duplicates=semantic is not None)
     hits = sorted((AuditHit(items[lk.index][0], items[lk.index][4], items[lk.index][5], items[lk.other][5],
-                            items[lk.other][0], lk.score, lk.kind) for lk in leaks),
+                            items[lk.other][0], lk.score, lk.kind, lk.method) for lk in leaks),
                   key=lambda h: (SPLITS.index(h.split), h.line))
     removed = 0
     if remove and leaks:

@@ -409,7 +409,14 @@ def init_config(path):
               help="TF-IDF (char n-gram) cosine similarity at which a question counts as leaked.")
 @click.option("--remove", is_flag=True, help="Remove the leaking pairs from the per-file outputs and rebuild the "
               "merged files.")
-def audit(out, leakage_threshold, remove):
+@click.option("--semantic-dedupe", is_flag=True, help="Also flag questions whose sentence embeddings are within "
+              "--semantic-threshold (rewordings TF-IDF misses), inside a document's split too. Needs the [semantic] "
+              "extra.")
+@click.option("--semantic-model", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
+              help="A sentence-transformers model folder. Default: the packaged all-MiniLM-L6-v2 (English).")
+@click.option("--semantic-threshold", type=click.FloatRange(0.01, 1), default=0.85, show_default=True,
+              help="Cosine similarity of sentence embeddings at which two questions count as the same.")
+def audit(out, leakage_threshold, remove, semantic_dedupe, semantic_model, semantic_threshold):
     """Leakage audit of a datakeg output folder, with the rule `generate` applies: a valid question
     too similar to a train question, a test question too similar to a train or valid one, or a
     question repeated in the same split by another document. Exits 1 when any is found.
@@ -418,15 +425,23 @@ def audit(out, leakage_threshold, remove):
     Examples:
       datakeg audit out/
       datakeg audit out/ --leakage-threshold 0.8 --remove
+      datakeg audit out/ --semantic-dedupe
     """
     import datakeg
 
     hits, removed = datakeg.audit(out, leakage_threshold=leakage_threshold, remove=remove,
-                                  on_warning=lambda message: click.echo(f"warning: {message}", err=True))
-    click.echo(f"{len(hits)} leaking question(s): similarity >= {leakage_threshold:g} to a question of an earlier "
-               "split (valid~train, test~train, test~valid) or of the same split in another document (repeat)")
+                                  on_warning=lambda message: click.echo(f"warning: {message}", err=True),
+                                  semantic_dedupe=semantic_dedupe, semantic_model=semantic_model,
+                                  semantic_threshold=semantic_threshold)
+    rule = f"similarity >= {leakage_threshold:g}"
+    if semantic_dedupe:
+        rule += f" (TF-IDF) or >= {semantic_threshold:g} (sentence embeddings)"
+    click.echo(f"{len(hits)} leaking question(s): {rule} to a question of an earlier "
+               "split (valid~train, test~train, test~valid) or of the same split in another document (repeat)"
+               + (" or in the same document (duplicate)" if semantic_dedupe else ""))
     for h in hits[:50]:
-        click.echo(f"  {h.split}.jsonl line {h.line} [{h.kind}, {h.score:.2f}]: {h.question!r} ~ {h.similar!r}")
+        how = ", semantic" if h.method == "semantic" else ""
+        click.echo(f"  {h.split}.jsonl line {h.line} [{h.kind}{how}, {h.score:.2f}]: {h.question!r} ~ {h.similar!r}")
     if len(hits) > 50:
         click.echo(f"  ... {len(hits) - 50} more")
     if remove:

@@ -44,7 +44,9 @@ class Leak:
     index: int      # the item removed
     other: int      # the kept item it is too similar to
     score: float
-    kind: str       # "valid~train", "test~train", "test~valid", or "repeat" (same split, other document)
+    kind: str       # "valid~train", "test~train", "test~valid", "repeat" (same split, other document)
+    #                 or "duplicate" (same split and document: semantic only, with duplicates=True)
+    method: str = "tfidf"  # "tfidf" (TF-IDF or exact repeat) or "semantic" (only the embeddings found it)
 
 
 def tfidf_matrix(texts: list[str]):
@@ -311,7 +313,8 @@ def leaking(train: list[str], candidates: list[str], threshold: float) -> list[t
     return [(i, best[i][0], best[i][1]) for i in sorted(best)]
 
 
-def find_leaks(questions: list[str], splits: list[str], docs: list, threshold: float) -> list[Leak]:
+def find_leaks(questions: list[str], splits: list[str], docs: list, threshold: float, semantic=None,
+               duplicates: bool = False) -> list[Leak]:
     """The items to remove so that no kept valid/test question leaks a kept question of an earlier
     split and no split repeats a question across documents.
 
@@ -320,14 +323,21 @@ def find_leaks(questions: list[str], splits: list[str], docs: list, threshold: f
     earlier split or in the same split but another document; ``other`` is the most similar such
     item (ties: the earliest processed). Same split and same document is never a leak. Exact
     repeats after ``normalize_question`` (empty ones included) always score 1.0. A threshold <= 0
-    switches the check off. Returns the removed items sorted by index."""
+    switches the TF-IDF check off.
+
+    ``semantic`` (a :class:`datakeg.semantic.SemanticModel`) adds the pairs whose sentence
+    embeddings are at least its threshold apart in cosine; with ``duplicates`` such a pair also
+    counts inside one split of one document (kind "duplicate": a rewording the per-document
+    rapidfuzz check cannot see). A leak found by TF-IDF is reported as such (``method`` "tfidf")
+    even when the embeddings agree; "semantic" marks what only they found. Returns the removed
+    items sorted by index."""
     n = len(questions)
     if len(splits) != n or len(docs) != n:
         raise ValueError("questions, splits and docs must have the same length")
     bad = sorted({s for s in splits if s not in SPLITS})
     if bad:
         raise ValueError(f"unknown split(s): {', '.join(map(str, bad))}")
-    if n == 0 or threshold <= 0:
+    if n == 0 or (threshold <= 0 and semantic is None):
         return []
     import numpy as np
 
@@ -349,15 +359,20 @@ def find_leaks(questions: list[str], splits: list[str], docs: list, threshold: f
             g = gid[norm[i]] = len(first_item)
             first_item.append(i)
         group[i] = g
-    x_all = tfidf_matrix(norm)
-    x = x_all[np.asarray(first_item, dtype=np.int64)]
-    del x_all
-    rows, cols, scores = similar_pairs(x, threshold)
-    neighbours: list[list[tuple[int, float]]] = [[] for _ in first_item]
-    for g, h, s in zip(rows.tolist(), cols.tolist(), scores.tolist()):
-        s = min(s, 1.0)
-        neighbours[g].append((h, s))
-        neighbours[h].append((g, s))
+    neighbours: list[list[tuple[int, float, str]]] = [[] for _ in first_item]
+    found = []
+    if threshold > 0:
+        x_all = tfidf_matrix(norm)
+        x = x_all[np.asarray(first_item, dtype=np.int64)]
+        del x_all
+        found.append(("tfidf", similar_pairs(x, threshold)))
+    if semantic is not None:
+        found.append(("semantic", semantic.similar_pairs([questions[i] for i in first_item])))
+    for method, (rows, cols, scores) in found:
+        for g, h, s in zip(rows.tolist(), cols.tolist(), scores.tolist()):
+            s = min(s, 1.0)
+            neighbours[g].append((h, s, method))
+            neighbours[h].append((g, s, method))
 
     # Kept items of one group all share one (split, doc): the first kept one's (any later item of the
     # group from another split or document is removed by it). So a group is summed up by its first
@@ -367,21 +382,26 @@ def find_leaks(questions: list[str], splits: list[str], docs: list, threshold: f
     leaks = []
     for a in order:
         key = (splits[a], docs[a])
-        best = None  # (score, -pos of other, other)
-        candidates = [(group[a], 1.0)] + neighbours[group[a]]
-        for h, s in candidates:
+        best = None  # (found by TF-IDF or exact, score, -pos of other, other, method)
+        candidates = [(group[a], 1.0, "tfidf")] + neighbours[group[a]]
+        for h, s, method in candidates:
             b = kept_first[h]
-            if b is None or (splits[b], docs[b]) == key:
+            if b is None or b == a:
                 continue
-            cand = (s, -pos[b], b)
-            if best is None or cand > best:
+            if (splits[b], docs[b]) == key and not (duplicates and method == "semantic"):
+                continue
+            cand = (method != "semantic", s, -pos[b], b, method)
+            if best is None or cand[:3] > best[:3]:
                 best = cand
         if best is None:
             if kept_first[group[a]] is None:
                 kept_first[group[a]] = a
             continue
-        s, _, b = best
-        kind = "repeat" if splits[b] == splits[a] else f"{splits[a]}~{splits[b]}"
-        leaks.append(Leak(index=a, other=b, score=float(s), kind=kind))
+        _, s, _, b, method = best
+        if splits[b] != splits[a]:
+            kind = f"{splits[a]}~{splits[b]}"
+        else:
+            kind = "duplicate" if docs[b] == docs[a] else "repeat"
+        leaks.append(Leak(index=a, other=b, score=float(s), kind=kind, method=method))
     leaks.sort(key=lambda l: l.index)
     return leaks

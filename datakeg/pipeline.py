@@ -49,8 +49,9 @@ class Generator:
 
     def __init__(self, provider: Provider | list[Provider], settings: Settings, out: Path,
                  callbacks: Callbacks | None = None, concurrency: int = 1, limits: Limits | None = None,
-                 judge: Provider | None = None):
-        """``provider``: one provider, or one per endpoint (same model); ``concurrency`` is per endpoint."""
+                 judge: Provider | None = None, semantic=None):
+        """``provider``: one provider, or one per endpoint (same model); ``concurrency`` is per endpoint;
+        ``semantic``: a :class:`datakeg.semantic.SemanticModel` for ``--semantic-dedupe``."""
         self.providers = provider if isinstance(provider, list) else [provider]
         self.provider = self.providers[0]
         self.settings = settings
@@ -60,6 +61,7 @@ class Generator:
         self.journal = Journal(self.out)
         self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
         self.runner = DocumentRunner(self.caller, settings, self.cb, judge)
+        self.semantic = semantic
         self.lock = threading.Lock()
         self._last_manifest = 0.0
         self._audit_changed: set[int] = set()  # documents the leakage audit changed
@@ -131,7 +133,8 @@ class Generator:
         try:
             for f in [doc_pool.submit(one, k) for k in range(len(plan.docs))]:
                 f.result()
-            audit = self._audit(results, chunk_pool) if self.settings.effective_leakage > 0 else None
+            audited = self.settings.effective_leakage > 0 or self.semantic is not None
+            audit = self._audit(results, chunk_pool) if audited else None
             self._paraphrase_report = self._paraphrase(results, chunk_pool) if self.settings.paraphrases else None
         except BaseException as exc:
             if isinstance(exc, DatakegError):
@@ -244,7 +247,7 @@ class Generator:
         bad: dict[int, tuple[str, float, str]] = {}  # candidate -> (question it is near, score, reason)
         if cands:
             for lk in find_leaks(held + [c[3] for c in cands], ["train"] * len(held) + ["valid"] * len(cands),
-                                 [0] * (len(held) + len(cands)), threshold):
+                                 [0] * (len(held) + len(cands)), threshold, semantic=self.semantic):
                 if lk.index >= len(held) and lk.other < len(held):
                     bad[lk.index - len(held)] = (held[lk.other], lk.score, "paraphrase_leakage")
         train = [(d, p.question) for d, res in enumerate(results) for s in res.slots for p in s["train"].pairs]
@@ -288,12 +291,15 @@ class Generator:
     def _audit(self, results: list[DocResult], pool: PriorityPool) -> dict:
         """Across all documents: valid vs train, test vs train and valid, and repeats inside a split
         across documents (the first is kept). Removed pairs are backfilled (the chunk asks again,
-        told to avoid the removed question), then the audit runs again, up to LEAKAGE_ROUNDS times."""
+        told to avoid the removed question), then the audit runs again, up to LEAKAGE_ROUNDS times.
+        With ``--semantic-dedupe``, sentence-embedding near-duplicates count too, inside a document's
+        split as well ("duplicate")."""
         from datakeg.leakage import find_leaks
 
         threshold = self.settings.effective_leakage
         self._audit_rejects = []
         removed_by_kind: dict[str, int] = {}
+        semantic_by_kind: dict[str, int] = {}
         rounds = 0
         changed_docs: set[int] = set()
         for rounds in range(1, LEAKAGE_ROUNDS + 1):
@@ -302,7 +308,8 @@ class Generator:
             # order: document, then split, then chunk and position (priority by split is find_leaks' job)
             items.sort(key=lambda t: (t[0], SPLITS.index(t[2]), t[1], t[3]))
             questions = [results[k].slots[i][sp].pairs[j].question for k, i, sp, j in items]
-            leaks = find_leaks(questions, [t[2] for t in items], [t[0] for t in items], threshold)
+            leaks = find_leaks(questions, [t[2] for t in items], [t[0] for t in items], threshold,
+                               semantic=self.semantic, duplicates=True)
             if not leaks:
                 break
             drop: dict[tuple[int, int, str], set[int]] = {}
@@ -315,8 +322,12 @@ class Generator:
                 drop.setdefault((k, i, sp), set()).add(j)
                 avoid.setdefault((k, i, sp), []).extend([pair.question, other_q])
                 slot = results[k].slots[i][sp]
-                slot.dropped["leakage"] += 1
-                self._audit_rejects.append(Reject("dropped_pair", reason="leakage", source=results[k].plan.doc.relpath,
+                reason = "leakage"
+                if leak.method == "semantic":
+                    reason = "semantic_duplicate" if leak.kind == "duplicate" else "semantic_leakage"
+                    semantic_by_kind[leak.kind] = semantic_by_kind.get(leak.kind, 0) + 1
+                slot.dropped[reason] += 1
+                self._audit_rejects.append(Reject("dropped_pair", reason=reason, source=results[k].plan.doc.relpath,
                                                   chunk=i, split=sp, question=pair.question, answer=pair.answer,
                                                   similar_question=other_q, similarity=round(leak.score, 3)))
                 removed_by_kind[leak.kind] = removed_by_kind.get(leak.kind, 0) + 1
@@ -354,5 +365,8 @@ class Generator:
                     self._write_document(results[k])
         for k in sorted(changed_docs):
             self._write_document(results[k])
-        return {"threshold": threshold, "removed": dict(sorted(removed_by_kind.items())), "rounds": rounds,
-                "pairs_checked": sum(sum(r.delivered.values()) for r in results)}
+        report = {"threshold": threshold, "removed": dict(sorted(removed_by_kind.items())), "rounds": rounds,
+                  "pairs_checked": sum(sum(r.delivered.values()) for r in results)}
+        if self.semantic is not None:  # what only the embeddings found (also counted in "removed")
+            report["semantic"] = {**self.semantic.describe(), "removed": dict(sorted(semantic_by_kind.items()))}
+        return report

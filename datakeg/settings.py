@@ -58,6 +58,15 @@ class Settings:
                                    "(char n-gram) cosine similarity this high to a question of an earlier split "
                                    "(or of the same split in another document), and ask again.")
     no_audit: bool = opt(False, "Skip the leakage audit.")
+    semantic_dedupe: bool = opt(False, "Also remove questions whose sentence embeddings are within "
+                                "--semantic-threshold of one kept earlier (a rewording TF-IDF misses): across splits, "
+                                "across documents and inside a document's split; removed pairs are backfilled. Needs "
+                                "the [semantic] extra (a packaged English model, no download).")
+    semantic_model: str | None = opt(None, "Folder of a sentence-transformers model for --semantic-dedupe (e.g. a "
+                                     "multilingual one). Default: the packaged all-MiniLM-L6-v2, which compares only "
+                                     "questions in Latin, Greek or Cyrillic script.", metavar="DIR")
+    semantic_threshold: float = opt(0.85, "Cosine similarity of sentence embeddings at which --semantic-dedupe "
+                                    "counts two questions as the same.")
     min_per_section: int = opt(0, "Ask for at least this many pairs (extra ones go to train) from every heading "
                                "section with 200 characters or more, whatever --pairs-per-1k gives it (0 = off).")
     paraphrases: int = opt(0, "Add this many rewordings of each train question (same answer, train only, kept "
@@ -132,6 +141,9 @@ class Settings:
         _range(self.leakage_threshold, 0, 1, "--leakage-threshold", "0 switches the audit off")
         _range(self.temperature, 0, 2, "--temperature", "")
         _range(self.judge_threshold, 1, 5, "--judge-threshold", "1 keeps every scored pair")
+        _range(self.semantic_threshold, 0.01, 1, "--semantic-threshold", "e.g. 0.85")
+        if self.semantic_model and not self.semantic_dedupe:
+            raise ConfigError("--semantic-model needs --semantic-dedupe.", "Add --semantic-dedupe.")
         if not self.judge_model and (self.judge_provider or self.judge_base_url or self.keep_scores):
             raise ConfigError("--judge-provider, --judge-base-url and --keep-scores need --judge-model.",
                               "Name the judge model, e.g. --judge-model qwen2.5:7b.")

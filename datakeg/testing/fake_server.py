@@ -30,6 +30,10 @@ the same requests fail whatever order concurrent clients send them in, and a ret
   huge        answer with a reply of HUGE_REPLY_CHARS characters (over any sane size cap)
   leakyparaphrase  to a `--paraphrases` prompt, slip a valid/test question it wrote earlier in as a
               rewording (a held-out question must never reach train)
+  reworded    the first pair of a reply rewords the first question the prompt says to avoid (one the
+              server wrote earlier, e.g. a train question in a valid prompt): "What is said about X?"
+              becomes "What do the docs explain regarding X?" with the same answer. TF-IDF similarity
+              stays under 0.9; sentence embeddings put them at 0.95 (a leak only --semantic-dedupe sees)
   junk        half the pairs of a reply are junk: after each good pair comes a copy of it with a
               dangling question ("What does this section say about X?"; Chinese and Japanese
               excerpts get "本节…" / "この節…") or with an echo answer (the question's own words),
@@ -62,7 +66,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
-          "huge", "junk")
+          "huge", "junk", "reworded")
 HUGE_REPLY_CHARS = 1_200_000  # characters of the ``huge`` reply (datakeg refuses replies over 1 MB)
 HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad Gateway</h1>"
              "<p>The proxy received an invalid response from an upstream server.</p></body></html>\n")
@@ -116,6 +120,9 @@ def candidates(excerpt: str) -> list[tuple[str, str]]:
     return out
 
 
+REWORDED = "What do the docs explain regarding {span}?"  # the ``reworded`` fault's wording
+
+
 def avoided(prompt: str) -> list[str]:
     marker = "Do not write questions similar to these existing ones:\n"
     if marker not in prompt:
@@ -146,6 +153,16 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
         if reasoning:
             pair = {"question": q, "reasoning": f"The documentation states: {a}", "answer": a}
         pairs.append(pair)
+    if "reworded" in active:
+        prefix = "What is said about "
+        earlier = next((q for q in avoid if q.startswith(prefix) and q.endswith("?")), None)
+        if earlier is not None:
+            answer = dict(cands).get(earlier, pairs[0]["answer"] if pairs else earlier)
+            pair = {"question": REWORDED.format(span=earlier[len(prefix):-1]), "answer": answer}
+            if reasoning:
+                pair = {"question": pair["question"], "reasoning": f"The documentation states: {answer}",
+                        "answer": answer}
+            pairs = [pair] + pairs[:max(0, want - 1)]
     if "junk" in active:
         # half the reply is junk made from the other half's spans (so no candidate is used up)
         good, pairs = pairs[:(len(pairs) + 1) // 2], []
