@@ -17,7 +17,7 @@ from datakeg.errors import ConfigError, DatakegError
 TORCH_HINT = 'pip install torch==2.13.0 && pip install -e ".[torch]"   (a CUDA build of torch on a GPU machine)'
 MLX_HINT = 'pip install -e ".[mlx]"   (MLX is for Apple Silicon)'
 
-from datakeg.finetune.templates import DEFAULT_CHAT_TEMPLATE
+from datakeg.finetune.templates import DEFAULT_CHAT_TEMPLATE  # noqa: F401  (re-exported)
 
 
 @dataclass

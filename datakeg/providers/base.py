@@ -8,7 +8,11 @@ point group ``datakeg.providers``, or ``datakeg.providers.register_provider``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:  # annotations only (the errors module is imported where they are raised)
+    from datakeg.errors import ProviderRequestError, ProviderUnavailable
 
 
 MAX_REPLY_CHARS = 1_000_000  # a reply longer than this is refused (no QA batch is anywhere near it)
