@@ -45,17 +45,18 @@ class Journal:
         return len(self.entries)
 
     def get(self, key: str) -> dict | None:
-        entry = self.entries.get(key)
-        if entry is not None:
-            with self.lock:
+        """The stored reply for ``key``, handed out once: a key is asked for once per run (it holds
+        the call's ordinal), so a replayed entry leaves memory as it is used."""
+        with self.lock:
+            entry = self.entries.pop(key, None)
+            if entry is not None:
                 self.replayed += 1
         return entry
 
     def put(self, key: str, **record) -> None:
         from datakeg.jsonl import dumps_line
 
-        entry = {"key": key, **record}
-        line = dumps_line(entry) + "\n"  # one line whatever the reply holds (lone surrogates escaped)
+        line = dumps_line({"key": key, **record}) + "\n"  # one line whatever the reply holds (lone surrogates escaped)
         with self.lock:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,8 @@ class Journal:
             self._fh.write(line)
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            self.entries[key] = entry
+            # not kept in memory: this run never asks for the same key again (a rerun reads the file);
+            # at 100k pairs the replies would hold a few hundred MB
 
     def close(self) -> None:
         with self.lock:

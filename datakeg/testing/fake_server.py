@@ -265,6 +265,13 @@ def closed_book(messages: list[dict], model: str, answers: dict[str, str]) -> st
     return answers.get(f"{model}\x00{prompt}", answers.get(prompt, "I do not know."))
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: 32 clients connecting at once overflow it, the
+    # kernel drops their SYNs and they retry after a 1 s timeout, a stall no real model server
+    # (uvicorn, Ollama: backlogs of 2048 and more) has.
+    request_queue_size = 1024
+
+
 class FakeLLMServer:
     """In-process server: ``with FakeLLMServer(faults=["fence"]) as srv: srv.url ...``."""
 
@@ -284,7 +291,7 @@ class FakeLLMServer:
         self.seen: dict[int, int] = {}
         self.prefixes: set[bytes] = set()  # prompt prefixes seen (for the prefix-cache figures)
         self.heldout: list[str] = []  # questions it wrote for valid/test (for the leakyparaphrase fault)
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        self.httpd = _Server((host, port), self._handler())
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
 
@@ -441,7 +448,7 @@ class FakeLLMServer:
                 ollama = self.path == "/api/chat"
                 n, active = server._active_faults(body)
                 with server.lock:
-                    server.requests.append({"path": self.path, "body": body, "faults": sorted(active)})
+                    server.requests.append({"path": self.path, "body": body, "faults": sorted(active), "at": time.monotonic()})
                 if server.latency or server.jitter:
                     # jitter: replies come back in a different order from one run to the next
                     time.sleep(server.latency + (random.uniform(0, server.jitter) if server.jitter else 0))
