@@ -61,7 +61,7 @@ def tfidf_matrix(texts: list[str]):
 
     import numpy as np
     import scipy.sparse as sp
-    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.preprocessing import normalize
 
     vocab: defaultdict[str, int] = defaultdict()
     vocab.default_factory = vocab.__len__
@@ -86,11 +86,20 @@ def tfidf_matrix(texts: list[str]):
     column[np.asarray([gram_ids[g] for g in names], np.int64)] = np.arange(len(names))
     grams = sp.csr_matrix((np.ones(len(m_ids), np.float32), column[np.asarray(m_ids, np.int64)],
                            np.asarray(m_ptr, np.int64)), shape=(len(vocab), len(names)))
-    counts = (words @ grams).tocsr()
-    counts.sum_duplicates()
-    x = TfidfTransformer(sublinear_tf=True).fit_transform(counts).tocsr().astype(np.float32)
+    x = (words @ grams).tocsr()
+    del words, grams
+    x.sum_duplicates()
     x.sort_indices()
-    return sp.csr_matrix(x)
+    # TfidfTransformer(sublinear_tf=True), in place on the float32 counts (its own transform makes
+    # several float64 copies of a matrix that holds 16M entries at 100k questions): tf = 1 + ln(count),
+    # smooth idf = ln((1 + n) / (1 + df)) + 1, then rows scaled to unit L2 norm
+    df = np.bincount(x.indices, minlength=x.shape[1])
+    idf = (np.log((1.0 + x.shape[0]) / (1.0 + df)) + 1.0).astype(np.float32)
+    np.log(x.data, out=x.data)
+    x.data += 1.0
+    x.data *= idf[x.indices]
+    normalize(x, norm="l2", copy=False)
+    return x
 
 
 def _char_wb_ngrams(word: str, lo: int = 3, hi: int = 5) -> list[str]:
@@ -145,17 +154,25 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
     # features rarest first (ties by column: deterministic), entries of each row in that order
     nf = x.shape[1]
     df = np.bincount(x.indices, minlength=nf)
-    rank = np.empty(nf, dtype=np.int64)
-    rank[np.lexsort((np.arange(nf), df))] = np.arange(nf)
-    x = sp.csr_matrix((x.data.astype(np.float32), rank[x.indices].astype(np.int32), x.indptr.copy()), shape=x.shape)
+    # Arrays with one value per non-zero entry dominate memory (16M entries at 100k questions: 64 MB
+    # per int32/float32 array, 128 MB per float64 one), so they are int32 where they can be and
+    # built in place, one temporary at a time.
+    rank = np.empty(nf, dtype=np.int32)
+    rank[np.lexsort((np.arange(nf), df))] = np.arange(nf, dtype=np.int32)
+    x = sp.csr_matrix((x.data.astype(np.float32), rank[x.indices], x.indptr.copy()), shape=x.shape)
+    del rank, df
     x.sort_indices()
     indptr = x.indptr.astype(np.int64)
     rowlen = np.diff(indptr)
-    rowid = np.repeat(np.arange(n, dtype=np.int64), rowlen)
+    rowid = np.repeat(np.arange(n, dtype=np.int32), rowlen)
     csum = np.zeros(x.nnz + 1, dtype=np.float64)           # csum[k]: squares of entries before k
-    np.cumsum(x.data.astype(np.float64) ** 2, out=csum[1:])
+    squares = x.data.astype(np.float64)
+    squares *= squares
+    np.cumsum(squares, out=csum[1:])
+    del squares
     rowtot = csum[indptr[1:]] - csum[indptr[:-1]]           # squared norm of each row
-    tail = rowtot[rowid] - (csum[:-1] - csum[indptr[:-1]][rowid])  # squares from entry k to row end
+    tail = np.repeat(csum[indptr[1:]], rowlen)              # squares from entry k to row end:
+    tail -= csum[:-1]                                       # (squares up to row end) - (before k)
 
     if depth is None:
         depth = _choose_depth(tail, x.indices, limit, threshold, nf)
