@@ -125,14 +125,17 @@ def brute_force_pairs(x, threshold: float):
     return i, j, sims[i, j]
 
 
-def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, depth: float | None = None):
+def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, depth: float | None = None,
+                  consume: bool = False):
     """Every pair (i, j) with j < limit[i] and cosine(x[i], x[j]) >= threshold, exactly.
 
     ``x``: CSR matrix of L2-normalised non-negative rows (zero rows match nothing).
     ``limit``: per-row bound on j (default ``limit[i] = i``, i.e. all unordered pairs once).
     Returns numpy arrays (i, j, score), sorted by i then j; scores are float64 cosines.
     ``stats``, when given, receives counts of the stages (for benchmarks). ``depth`` (0 < depth <=
-    threshold) forces the prefix depth instead of choosing it (for tests and benchmarks)."""
+    threshold) forces the prefix depth instead of choosing it (for tests and benchmarks).
+    ``consume``: ``x`` (float32 CSR) may be changed in place, its columns renumbered, rather than
+    copied (one matrix less in memory; the callers in this module pass it)."""
     import itertools
     import time
 
@@ -159,7 +162,11 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
     # built in place, one temporary at a time.
     rank = np.empty(nf, dtype=np.int32)
     rank[np.lexsort((np.arange(nf), df))] = np.arange(nf, dtype=np.int32)
-    x = sp.csr_matrix((x.data.astype(np.float32), rank[x.indices], x.indptr.copy()), shape=x.shape)
+    if consume and x.dtype == np.float32 and x.indices.dtype == np.int32:
+        x.indices[:] = rank[x.indices]
+        x.has_sorted_indices = False
+    else:
+        x = sp.csr_matrix((x.data.astype(np.float32), rank[x.indices], x.indptr.copy()), shape=x.shape)
     del rank, df
     x.sort_indices()
     indptr = x.indptr.astype(np.int64)
@@ -315,7 +322,8 @@ def leaking(train: list[str], candidates: list[str], threshold: float) -> list[t
     nt = len(train_n)
     x = tfidf_matrix(train_n + cand_n)
     limit = np.concatenate([np.zeros(nt, np.int64), np.full(len(cand_n), nt, np.int64)])
-    rows, cols, scores = similar_pairs(x, threshold, limit)
+    rows, cols, scores = similar_pairs(x, threshold, limit, consume=True)
+    del x
     best: dict[int, tuple[float, int]] = {}
     exact: dict[str, int] = {}
     for i, q in enumerate(train_n):
@@ -382,7 +390,8 @@ def find_leaks(questions: list[str], splits: list[str], docs: list, threshold: f
         x_all = tfidf_matrix(norm)
         x = x_all[np.asarray(first_item, dtype=np.int64)]
         del x_all
-        found.append(("tfidf", similar_pairs(x, threshold)))
+        found.append(("tfidf", similar_pairs(x, threshold, consume=True)))
+        del x
     if semantic is not None:
         found.append(("semantic", semantic.similar_pairs([questions[i] for i in first_item])))
     for method, (rows, cols, scores) in found:
