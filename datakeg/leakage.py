@@ -34,7 +34,7 @@ from dataclasses import dataclass
 SPLITS = ("train", "valid", "test")
 BLOCK = 2048                 # rows per block of the candidate product (at most)
 BLOCK_WORK = 8_000_000       # multiply-adds per block at most (fewer rows where prefixes are common)
-SCORE_CHUNK = 25_000         # candidate pairs scored at a time (peak memory at 100k questions: 746 MB vs 1,005 MB at 30M/100k, same time)
+SCORE_CHUNK = 25_000         # candidate pairs scored at a time (bounds the scoring step's memory; larger chunks are no faster)
 PRODUCT_BUDGET = 8000        # candidate-product multiply-adds allowed per question when choosing the depth
 EPS = 1e-4                   # slack on every bound (float32 vectors): bounds only ever keep more
 
