@@ -98,8 +98,7 @@ def tfidf_matrix(texts: list[str]):
     np.log(x.data, out=x.data)
     x.data += 1.0
     x.data *= idf[x.indices]
-    normalize(x, norm="l2", copy=False)
-    return x
+    return normalize(x, norm="l2", copy=False)
 
 
 def _char_wb_ngrams(word: str, lo: int = 3, hi: int = 5) -> list[str]:
@@ -412,7 +411,7 @@ def find_leaks(questions: list[str], splits: list[str], docs: list, threshold: f
         candidates = [(group[a], 1.0, "tfidf")] + neighbours[group[a]]
         for h, s, method in candidates:
             b = kept_first[h]
-            if b is None or b == a:
+            if b is None:
                 continue
             if (splits[b], docs[b]) == key and not (duplicates and method == "semantic"):
                 continue

@@ -255,7 +255,7 @@ class Generator:
         if ok:
             texts = [q for _, q in train] + [cands[n][3] for n in ok]
             for lk in find_leaks(texts, ["train"] * len(texts), [d for d, _ in train] + [cands[n][0] for n in ok],
-                                 threshold):
+                                 threshold, semantic=self.semantic):
                 if lk.index >= len(train):
                     bad[ok[lk.index - len(train)]] = (texts[lk.other], lk.score, "paraphrase_repeat")
         for n, (d, i, j, text) in enumerate(cands):

@@ -191,9 +191,10 @@ class SemanticModel:
         e = self.embed([texts[i] for i in idx])
         rows, cols, scores = [], [], []
         n = len(idx)
+        rows_per_block = max(1, BLOCK_CELLS // n)  # a block is at most rows x n similarities
         start = 1
         while start < n:
-            stop = min(n, start + max(1, BLOCK_CELLS // max(1, start)))
+            stop = min(n, start + rows_per_block)
             sim = e[start:stop] @ e[:stop].T  # each row against the rows before it
             r, c = np.nonzero(sim >= self.threshold - 1e-6)
             keep = c < r + start

@@ -142,6 +142,9 @@ class Settings:
         _range(self.temperature, 0, 2, "--temperature", "")
         _range(self.judge_threshold, 1, 5, "--judge-threshold", "1 keeps every scored pair")
         _range(self.semantic_threshold, 0.01, 1, "--semantic-threshold", "e.g. 0.85")
+        if self.semantic_dedupe and self.no_audit:
+            raise ConfigError("--semantic-dedupe is part of the leakage audit, which --no-audit switches off.",
+                              "Drop one of them.")
         if self.semantic_model and not self.semantic_dedupe:
             raise ConfigError("--semantic-model needs --semantic-dedupe.", "Add --semantic-dedupe.")
         if not self.judge_model and (self.judge_provider or self.judge_base_url or self.keep_scores):

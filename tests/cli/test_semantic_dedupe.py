@@ -127,4 +127,6 @@ def test_bad_semantic_settings_stop_before_any_work(tmp_path, server):
     assert result.exit_code == 2 and "not a model folder" in result.output
     result = run(*base, "--semantic-dedupe", "--semantic-threshold", "0")
     assert result.exit_code == 2 and "--semantic-threshold" in result.output
+    result = run(*base, "--semantic-dedupe", "--no-audit")
+    assert result.exit_code == 2 and "--no-audit" in result.output
     assert not out.exists() and not server.requests
