@@ -171,38 +171,48 @@ def bench_quality(n: int) -> tuple[float, float]:
     return audit_s, dedupe_s
 
 
-def chain_length(corpus: Path, settings: dict) -> int:
-    """Requests that must run one after another in the longest document: per split round, the
-    chunk that needs the most batches (valid waits for the document's train, test for valid)."""
+def chain_length(corpus: Path, settings: dict) -> tuple[int, int]:
+    """(requests that must run one after another in the longest document: per split round, the
+    chunk that needs the most batches (valid waits for the document's train, test for valid);
+    requests the plan needs in all)."""
     from datakeg.planning import batches
     from datakeg.settings import Settings
 
     s = Settings.build(**settings)
     plan = datakeg.plan(corpus, **settings).plan
-    return max(sum(max(len(batches(t[sp], s.batch_size)) for t in dp.targets) for sp in ("train", "valid", "test"))
-               for dp in plan.docs)
+    chain = max(sum(max(len(batches(t[sp], s.batch_size)) for t in dp.targets) for sp in ("train", "valid", "test"))
+                for dp in plan.docs)
+    planned = sum(len(batches(t[sp], s.batch_size)) for dp in plan.docs for t in dp.targets
+                  for sp in ("train", "valid", "test"))
+    return chain, planned
 
 
-def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Path) -> None:
+def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Path, spares: list[float]) -> None:
     print(f"fake server latency {latency * 1000:.0f} ms per request (the many-documents shape: a quarter of it)")
     print("limit = max(requests x latency / concurrency, longest chain of dependent requests x latency)\n")
     for corpus, settings, _ in shapes.values():  # warm-up: imports and one-time model loads are not the run
         run_generate(corpus, 0.0, 8, work, **settings)
-    print(f"{'shape':<8} {'conc.':>5} {'requests':>8} {'wall s':>7} {'limit s':>7} {'wall/limit':>10} {'pairs':>6} "
-          f"{'prompt tok/pair':>15} {'largest prompt':>14} {'prefix share':>12} {'cached/prompt':>13} "
-          f"{'client CPU s/1k pairs':>21}")
+    print("spares: --spares (rows with spares other than 0 are run at concurrency > 1 only)")
+    print("extra: requests beyond the plan (backfill after the duplicate check and the leakage audit)\n")
+    print(f"{'shape':<8} {'conc.':>5} {'spares':>6} {'requests':>8} {'extra':>5} {'wall s':>7} {'limit s':>7} "
+          f"{'wall/limit':>10} {'pairs':>6} {'prompt tok/pair':>15} {'compl. tok/pair':>15} {'largest prompt':>14} "
+          f"{'prefix share':>12} {'cached/prompt':>13} {'client CPU s/1k pairs':>21}")
     for name, (corpus, settings, lat_factor) in shapes.items():
         lat = latency * lat_factor
-        chain = chain_length(corpus, settings)
+        chain, planned = chain_length(corpus, settings)
         for c in concurrencies:
-            m, wall, cpu, _ = run_generate(corpus, lat, c, work, **settings)
-            t = m["totals"]
-            limit = max(t["requests"] * lat / c, chain * lat)
-            pairs = sum(t["delivered"].values())
-            print(f"{name:<8} {c:>5} {t['requests']:>8} {wall:>7.2f} {limit:>7.2f} {wall / limit:>9.2f}x {pairs:>6} "
-                  f"{t['prompt_tokens'] / pairs:>15.0f} {t['max_prompt_tokens']:>14,} {t['prompt_prefix_share']:>12.2f} "
-                  f"{(t['cached_prompt_tokens'] or 0) / t['prompt_tokens']:>13.2f} {cpu / pairs * 1000:>21.2f}",
-                  flush=True)
+            for sp in spares:
+                if sp and c == 1:
+                    continue
+                m, wall, cpu, _ = run_generate(corpus, lat, c, work, spares=sp, **settings)
+                t = m["totals"]
+                limit = max(t["requests"] * lat / c, chain * lat)
+                pairs = sum(t["delivered"].values())
+                print(f"{name:<8} {c:>5} {sp:>6g} {t['requests']:>8} {t['requests'] - planned:>5} {wall:>7.2f} "
+                      f"{limit:>7.2f} {wall / limit:>9.2f}x {pairs:>6} {t['prompt_tokens'] / pairs:>15.0f} "
+                      f"{t['completion_tokens'] / pairs:>15.0f} {t['max_prompt_tokens']:>14,} "
+                      f"{t['prompt_prefix_share']:>12.2f} {(t['cached_prompt_tokens'] or 0) / t['prompt_tokens']:>13.2f} "
+                      f"{cpu / pairs * 1000:>21.2f}", flush=True)
 
 
 def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: int, work: Path) -> None:
@@ -247,6 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", default=["corpus", "skewed", "many"])
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--spares", type=float, nargs="+", default=[0.0, 0.1], help="--spares values to compare")
     ap.add_argument("--endpoints", action="store_true", default=None, help="only the one-vs-two servers run")
     ap.add_argument("--pairs", type=int, nargs="*", default=[], help="also time the audit/dedupe on N synthetic pairs")
     ap.add_argument("--memory-pairs", type=int, default=0, help="also measure peak client memory at about N pairs")
@@ -262,7 +273,7 @@ def main(argv=None) -> int:
             shapes["many"] = (make_many(work / "many"), {}, 0.25)
         print(f"corpus shape: {args.corpus}")
         if not args.endpoints:
-            speed_table(shapes, args.concurrency, args.latency, work)
+            speed_table(shapes, args.concurrency, args.latency, work, args.spares)
         first = next(iter(shapes.values()))
         endpoints_table(first[0], first[1], args.latency, 8, work)
         if not args.endpoints and "corpus" in shapes:

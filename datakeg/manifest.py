@@ -82,6 +82,10 @@ def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: Ru
             "requests": stats.requests, "replayed_from_journal": stats.replayed,
             "failed_requests": stats.failed_requests, "unparseable_replies": stats.unparseable,
             "chunks_short_because_of_errors": short_by_errors,
+            # --spares: pairs that replaced removed ones without a request, and the ones left over
+            "spares": {"used": sum(s[sp].spares_used for r in results if r is not None for s in r.slots for sp in SPLITS),
+                       "unused": sum(len(s[sp].reserve) for r in results if r is not None for s in r.slots
+                                     for sp in SPLITS)},
             "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
             "cached_prompt_tokens": stats.cached_tokens,
             "prompt_prefix_share": round(stats.prefix_chars / stats.prompt_chars, 3) if stats.prompt_chars else None,

@@ -107,14 +107,14 @@ class Generator:
         for w in plan.warnings:
             self.cb.on_warning(w)
         slots = self.caller.concurrency  # request slots over all endpoints
-        # chunk work runs biggest document first (its chain of split rounds is the critical path)
+        # chunk work runs longest chain of requests first (see DocumentRunner.priority)
         chunk_pool = PriorityPool(slots, "datakeg-chunk")
         # documents only orchestrate (their requests go through the chunk pool and the call slots),
         # so more of them in flight keeps every request slot busy while some wait between rounds
         doc_pool = PriorityPool(4 * slots, "datakeg-doc")
 
         def one(k: int) -> None:
-            res = self.runner.run(plan.docs[k], chunk_pool, priority=-plan.docs[k].total)
+            res = self.runner.run(plan.docs[k], chunk_pool)
             with self.lock:  # files and manifest change together: a stop never sees one without the other
                 self._write_document(res)
                 results[k] = res
@@ -131,7 +131,9 @@ class Generator:
                                       self._manifest("running", plan, results, source, started))
 
         try:
-            for f in [doc_pool.submit(one, k) for k in range(len(plan.docs))]:
+            # documents start longest chain first too (more documents than orchestrating threads)
+            for f in [doc_pool.submit(one, k, priority=self.runner.priority(plan.docs[k], "train"))
+                      for k in range(len(plan.docs))]:
                 f.result()
             audited = self.settings.effective_leakage > 0 or self.semantic is not None
             audit = self._audit(results, chunk_pool) if audited else None
@@ -341,11 +343,23 @@ class Generator:
                     self._write_document(results[k])
             if rounds == LEAKAGE_ROUNDS:
                 break
-            # backfill, chunks in parallel (each chunk's calls are numbered on its own, so the
-            # result does not depend on the order they finish in)
-            # backfill: every chunk in parallel, each against a snapshot of its document's questions
-            # taken before any of them asks, so the result does not depend on timing
-            # (the splits of one chunk in split order, in one task: each reads the chunk's other splits)
+            # spares first (--spares): a removed pair is replaced from its chunk's reserve, checked
+            # against the document like a refill, in a fixed order and with no request; the next
+            # round audits them like every other pair
+            for k, i, sp in sorted(drop):
+                res = results[k]
+                mine = [p.question for s2 in SPLITS for p in res.slots[i][s2].pairs]
+                self.runner.promote(res, i, sp, self.runner.gate(self.runner.others(res, i, SPLITS) + mine
+                                                                 + avoid[(k, i, sp)]))
+            with self.lock:
+                for k in sorted({k for k, _, _ in drop}):
+                    self._write_document(results[k])
+            drop = {key: js for key, js in drop.items()
+                    if len(results[key[0]].slots[key[1]][key[2]].pairs) < results[key[0]].plan.targets[key[1]][key[2]]}
+            # backfill what is still missing: every chunk in parallel, each against a snapshot of its
+            # document's questions taken before any of them asks, so the result does not depend on
+            # timing (the splits of one chunk in split order, in one task: each reads the chunk's
+            # other splits; each chunk's calls are numbered on its own)
             snapshot = {(k, i): self.runner.others(results[k], i, SPLITS) for (k, i, _) in drop}
 
             def refill_chunk(k: int, i: int, drop=drop, avoid=avoid, snapshot=snapshot) -> None:

@@ -13,6 +13,7 @@ same chunk and split, so a rerun replays every request it already paid for, in w
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -43,6 +44,10 @@ class Slot:
     rejects: list[Reject] = field(default_factory=list)
     judge_calls: int = 0  # judge requests made for this chunk and split (replayed ones included)
     judged: int = 0  # pairs the judge scored
+    # pairs that passed every gate beyond the target (--spares): they replace pairs removed later
+    # (duplicate check, leakage audit) without a request; unused ones are discarded
+    reserve: list[Pair] = field(default_factory=list)
+    spares_used: int = 0
 
 
 @dataclass
@@ -129,6 +134,7 @@ class DocumentRunner:
         questions are always in the avoid list (questions removed by the leakage audit)."""
         s = self.settings
         want = dp.targets[i][split]
+        spare = self.spare_count(want)
         chunk = dp.chunks[i]
         grounding = Grounding(chunk.text)
         made = 0
@@ -136,7 +142,10 @@ class DocumentRunner:
         # ``max_calls`` requests, and more as long as each one adds usable pairs (a model that keeps
         # returning half of what it is asked still gets there); at most ``want`` extra in all
         while len(slot.pairs) < want and (made < max_calls or progress) and made < max_calls + want:
-            count = batches(want - len(slot.pairs), s.batch_size)[0]
+            remaining = want - len(slot.pairs)
+            count = batches(remaining, s.batch_size)[0]
+            if count == remaining:  # the last batch: spares ride along where it has room (never a request)
+                count = min(s.batch_size, count + max(0, spare - len(slot.reserve)))
             pin = list(dict.fromkeys(pinned))[: s.avoid_cap // 3]
             avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
             made += 1
@@ -157,11 +166,36 @@ class DocumentRunner:
             kept = 0
             for pair, norm, scores in self._judged(dp, i, split, passed, slot):
                 gate.accept(norm)
+                if len(slot.pairs) >= want:
+                    slot.reserve.append(pair)
+                    continue
                 slot.pairs.append(pair)
                 mine.append(pair)
                 kept += 1
             progress = kept > 0
             self.cb.on_pairs(kept)
+
+    def spare_count(self, want: int) -> int:
+        return math.ceil(self.settings.spares * want - 1e-9) if want > 0 else 0
+
+    def promote(self, res: DocResult, i: int, split: str, gate: Gate, kept: list[str] | None = None) -> int:
+        """Fill what chunk ``i`` lacks for ``split`` from its reserve, in reserve order; a spare that
+        ``gate`` (or ``kept``) finds a duplicate of is dropped. A promoted question is added to
+        ``kept`` when given, else accepted by ``gate``. Returns how many were promoted."""
+        slot = res.slots[i][split]
+        want = res.plan.targets[i][split]
+        promoted = 0
+        while len(slot.pairs) < want and slot.reserve:
+            pair = slot.reserve.pop(0)
+            norm = normalize_question(pair.question)
+            if gate.is_duplicate(norm, kept or []):
+                self._drop(slot, res.plan, i, split, pair, "duplicate")
+                continue
+            (kept.append if kept is not None else gate.accept)(norm)
+            slot.pairs.append(pair)
+            slot.spares_used += 1
+            promoted += 1
+        return promoted
 
     def _drop(self, slot: Slot, dp: DocPlan, i: int, split: str, pair: Pair, reason: str,
               scores: dict | None = None) -> None:
@@ -195,7 +229,19 @@ class DocumentRunner:
                     accepted=[normalize_question(q) for q in questions])
 
     # -- one document -----------------------------------------------------------------------
-    def run(self, dp: DocPlan, pool, priority: float = 0.0) -> DocResult:
+    def links_left(self, dp: DocPlan, split: str) -> int:
+        """Requests that must still follow one another in ``dp`` from the round of ``split`` on: per
+        round, the most batches one chunk needs."""
+        return sum(max((len(batches(t[sp], self.settings.batch_size)) for t in dp.targets), default=0)
+                   for sp in SPLITS[SPLITS.index(split):])
+
+    def priority(self, dp: DocPlan, split: str) -> float:
+        """Pool priority of a round's work (lower runs first): the document with the longest chain of
+        requests still ahead of it first (its chain is the run's critical path; a document in its
+        test round waits for one in its train round), the bigger document among equals."""
+        return -(self.links_left(dp, split) * 1e9 + dp.total)
+
+    def run(self, dp: DocPlan, pool) -> DocResult:
         """All splits of one document. ``pool.submit(fn, *args, priority=...)`` runs the chunks'
         work (lower priority values first)."""
         s = self.settings
@@ -214,14 +260,18 @@ class DocumentRunner:
                 # checked against every question of the earlier splits (final by now) and this chunk's
                 gate = self.gate(self.others(res, i, earlier) + [p.question for p in mine])
                 planned = len(batches(dp.targets[i][split], s.batch_size))
-                self.fill(dp, i, split, slots[i][split], gate, list(mine), self.others(res, i, earlier),
+                # the earlier splits' spares are avoided too where the avoid list has room (the list
+                # keeps the latest of this chunk's questions), so that one can still replace a pair later
+                spares = [p for sp in earlier for p in slots[i][sp].reserve]
+                self.fill(dp, i, split, slots[i][split], gate, spares + list(mine), self.others(res, i, earlier),
                           planned + s.max_attempts)
 
             # biggest jobs first, so the round's tail is short (the order of results does not matter)
             order = sorted(range(n), key=lambda i: -dp.targets[i][split])
+            priority = self.priority(dp, split)
             for f in [pool.submit(work, i, priority=priority) for i in order]:
                 f.result()
-            self.reconcile(res, split, pool, priority)
+            self.reconcile(res, split, pool, priority - 1e9)  # a refill is one more link
         return res
 
     def reconcile(self, res: DocResult, split: str, pool, priority: float = 0.0) -> None:
@@ -249,10 +299,13 @@ class DocumentRunner:
                         continue
                     kept_norms.append(norm)
                     survivors.append(p)
-                if len(survivors) < len(slot.pairs):
-                    lost.append(i)
+                shrank = len(survivors) < len(slot.pairs)
                 slot.pairs = survivors
-                checked[i] = len(survivors)
+                if shrank:  # spares first (no request), checked like the rest
+                    self.promote(res, i, split, gate, kept_norms)
+                    if len(slot.pairs) < res.plan.targets[i][split]:
+                        lost.append(i)
+                checked[i] = len(slot.pairs)
             if not lost or attempt == s.max_attempts:
                 return
             snapshot = {i: self.others(res, i, SPLITS) for i in lost}

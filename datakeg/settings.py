@@ -49,6 +49,12 @@ class Settings:
     max_attempts: int = opt(3, "Extra requests per chunk and split when replies fall short of the target; "
                             "a request that still adds usable pairs does not use one up.")
     batch_size: int = opt(15, "Most pairs asked for in one request.")
+    spares: float = opt(0.0, "Also ask for this share of each chunk's target per split (rounded up, only where the "
+                        "batch has room: never an extra request) and keep the extra pairs in reserve: a pair the "
+                        "duplicate check or the leakage audit removes is replaced from it without asking again. "
+                        "Shortens the run where requests wait on one another (many servers or slots, few "
+                        "documents), at about that share more completion tokens; unused spares are discarded. "
+                        "e.g. 0.1 (0 = off).")
     avoid_cap: int = opt(24, "Most questions listed as 'do not repeat' in one prompt.", config=False, flag="")
     language: str | None = opt(None, "Language of the pairs, e.g. German. Default: the language each document "
                                "is written in (detected).")
@@ -153,6 +159,7 @@ class Settings:
         _range(self.pairs_per_1k, 0.001, 1000, "--pairs-per-1k", "e.g. 10")
         _range(self.chunk_size, 200, 1_000_000, "--chunk-size", "characters")
         _range(self.batch_size, 1, 200, "--batch-size", "")
+        _range(self.spares, 0, 1, "--spares", "0 switches them off")
         _range(self.max_attempts, 0, 100, "--max-attempts", "")
         _range(self.avoid_cap, 0, 1000, "avoid_cap", "")
         _range(self.paraphrases, 0, 10, "--paraphrases", "0 switches them off")

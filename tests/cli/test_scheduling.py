@@ -1,0 +1,116 @@
+"""Scheduling and spares: a removed pair is replaced from its chunk's reserve without a request,
+and the documents with the longest chain of requests ahead of them go first.
+
+The fake server writes questions about consecutive 6-word spans of the excerpt, so two texts that
+open with the same six words get the same first question: a planted repeat."""
+
+import json
+import random
+import re
+from collections import Counter
+
+import pytest
+from click.testing import CliRunner
+
+from datakeg.cli import cli
+from datakeg.testing.fake_server import FakeLLMServer, answer_prompt
+
+SHARED = "Shared words open every page here."
+_DOC = re.compile(r"Document: (\S+)")
+_SPLIT = re.compile(r"for the (train|valid|test) set")
+
+
+def _prose(seed: int, sentences: int) -> str:
+    rng = random.Random(seed)
+    words = sorted({"".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
+                    for _ in range(2000)})
+    return " ".join(" ".join(rng.sample(words, 7)).capitalize() + "." for _ in range(sentences))
+
+
+def _gen(srv, src, out, *args):
+    return CliRunner().invoke(cli, ["generate", str(src), str(out), "-p", "openai", "--base-url", srv.url, "-q",
+                                    "-m", "fake-model", *args])
+
+
+def _prompt(req) -> str:
+    return "\n".join(m["content"] for m in req["body"]["messages"])
+
+
+def _asked(srv) -> Counter:
+    """Chat requests the server received, per (document, split): the independent count."""
+    return Counter((_DOC.search(_prompt(r)).group(1), _SPLIT.search(_prompt(r)).group(1)) for r in srv.requests
+                   if _SPLIT.search(_prompt(r)))
+
+
+def _replied(srv, doc: str, split: str) -> list[str]:
+    qs = []
+    for r in srv.requests:
+        p = _prompt(r)
+        if _SPLIT.search(p) and _SPLIT.search(p).group(1) == split and _DOC.search(p).group(1) == doc:
+            # what the (deterministic) server answered to that prompt
+            qs += [x["question"] for x in json.loads(answer_prompt(p, False, set()))["pairs"]]
+    return qs
+
+
+def _questions(path) -> list[str]:
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("layout", ["two documents", "two chunks"])
+def test_a_removed_repeat_is_replaced_by_a_spare_without_another_request(tmp_path, layout):
+    """The same first question in two documents (the leakage audit removes the second) or in two
+    chunks of one document (the duplicate check after the round removes it). With --spares the
+    pair is replaced from the reserve of the same reply: one request per chunk and split, targets
+    met. With --spares 0 the same run must ask again."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    if layout == "two documents":
+        (src / "a.md").write_text(f"{SHARED} {_prose(1, 9)}\n")
+        (src / "b.md").write_text(f"{SHARED} {_prose(2, 9)}\n")
+        loser, args, first = "b.md", [], f"What is said about {SHARED}?"
+    else:
+        (src / "b.md").write_text(f"## Notes\n\n{SHARED} {_prose(1, 9)}\n\n## Notes\n\n{SHARED} {_prose(2, 9)}\n")
+        loser, args, first = "b.md", ["--chunk-size", "600"], "What is said about Notes Shared words open every page?"
+    runs = {}
+    for spares in ("0.1", "0"):
+        out = tmp_path / f"out-{spares}"
+        with FakeLLMServer() as srv:
+            assert _gen(srv, src, out, "--spares", spares, *args).exit_code == 0
+            m = json.loads((out / "manifest.json").read_text())
+            runs[spares] = (srv, m, out)
+            assert m["totals"]["delivered"] == m["totals"]["target"]
+            assert m["totals"]["requests"] == len(srv.requests)
+            kept = [q for f in m["files"] for q in _questions(out / f"{f['output']}_train.jsonl")]
+            assert kept.count(first) == 1  # the repeat went
+            assert len(set(kept)) == len(kept)
+    srv, m, out = runs["0.1"]
+    chunks = {f["path"]: len(f["chunks"]) for f in m["files"]}
+    assert chunks[loser] == (2 if layout == "two chunks" else 1)
+    # one request per chunk and split, for every document: nothing was asked again
+    assert _asked(srv) == Counter({(f, sp): chunks[f] for f in chunks for sp in ("train", "valid", "test")})
+    assert m["totals"]["spares"]["used"] >= 1
+    # the replacement came from the reply that was already paid for
+    assert set(_questions(out / "b_train.jsonl")) <= set(_replied(srv, loser, "train"))
+    srv0, m0, _ = runs["0"]
+    assert m0["totals"]["spares"] == {"used": 0, "unused": 0}
+    assert _asked(srv0)[(loser, "train")] > chunks[loser]  # without spares: a backfill request
+
+
+def test_documents_with_the_longest_chain_ahead_go_first(tmp_path):
+    """One big document (six chunks) and six small ones, each with pairs in all three splits, two
+    request slots: every small document's train request is sent before the big one's first valid
+    request, since the small documents still have three rounds ahead of them and the big one two
+    (the old order, biggest document first, sent the big one's valid and test rounds first)."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "big.md").write_text("\n\n".join(f"## Part {k}\n\n{_prose(10 + k, 6)}" for k in range(6)) + "\n")
+    for k in range(6):
+        (src / f"small{k}.md").write_text(f"# Small {k}\n\n{_prose(20 + k, 6)}\n")
+    with FakeLLMServer(latency=0.02) as srv:
+        result = _gen(srv, src, tmp_path / "out", "-c", "2", "--chunk-size", "600", "--pairs-per-1k", "20")
+        assert result.exit_code == 0, result.output
+        order = [(_DOC.search(_prompt(r)).group(1), _SPLIT.search(_prompt(r)).group(1))
+                 for r in sorted(srv.requests, key=lambda r: r["at"]) if _SPLIT.search(_prompt(r))]
+    first_big_valid = order.index(("big.md", "valid"))
+    small_train = [n for n, (doc, sp) in enumerate(order) if doc.startswith("small") and sp == "train"]
+    assert len(small_train) == 6 and max(small_train) < first_big_valid
