@@ -109,10 +109,15 @@ def estimate(plan: Plan, settings: Settings) -> dict:
     for dp in plan.docs:
         prompt_chars = 0
         requests = 0
+        spares = 0  # --spares: extra pairs asked in each chunk's last batch per split, where it has room
         for chunk, target in zip(dp.chunks, dp.targets):
             done = 0
             for split in SPLITS:
-                for k in batches(target[split], settings.batch_size):
+                planned = batches(target[split], settings.batch_size)
+                if planned:
+                    spares += min(settings.batch_size - planned[-1],
+                                  math.ceil(settings.spares * target[split] - 1e-9))
+                for k in planned:
                     avoid = ["x" * 70] * min(settings.avoid_cap, done)
                     msgs = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
                                           count=k, split=split, language="English", avoid=avoid,
@@ -124,7 +129,7 @@ def estimate(plan: Plan, settings: Settings) -> dict:
             "file": dp.doc.relpath, "chars": sum(len(c) for c in dp.chunks), "chunks": len(dp.chunks),
             "target": dp.by_split, "requests": requests,
             "prompt_tokens": prompt_chars // CHARS_PER_TOKEN,
-            "completion_tokens": dp.total * TOKENS_PER_PAIR * (2 if settings.reasoning else 1),
+            "completion_tokens": (dp.total + spares) * TOKENS_PER_PAIR * (2 if settings.reasoning else 1),
         })
     totals = {k: sum(f[k] for f in per_file) for k in ("chars", "chunks", "requests", "prompt_tokens",
                                                         "completion_tokens")}
