@@ -51,7 +51,6 @@ class _Section:
         return all(u.heading for u in self.units)
 
 
-@lru_cache(maxsize=1)
 @lru_cache(maxsize=None)
 def _markdown_parser(inline: bool = False):
     """Block structure only by default: inline markup (half the parse time) is parsed for headings
@@ -63,8 +62,10 @@ def _markdown_parser(inline: bool = False):
     return md if inline else md.disable("inline")
 
 
-def _inline_text(token) -> str:
-    children = _markdown_parser(inline=True).parseInline(token.content)[0].children if token.content else None
+def _inline_text(token, env: dict) -> str:
+    """A heading's text without its markup (``env``: the document's parse environment, which holds
+    its link reference definitions)."""
+    children = _markdown_parser(inline=True).parseInline(token.content, env)[0].children if token.content else None
     if not children:
         return token.content.strip()
     return "".join(c.content for c in children if c.type in ("text", "code_inline")).strip()
@@ -75,7 +76,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 
 def _md_units(text: str) -> list[_Unit]:
     lines = text.split("\n")
-    tokens = _markdown_parser().parse(text)
+    env: dict = {}
+    tokens = _markdown_parser().parse(text, env)
     units: list[_Unit] = []
     i = 0
     while i < len(tokens):
@@ -88,7 +90,7 @@ def _md_units(text: str) -> list[_Unit]:
         if tok.type == "front_matter":
             pass  # metadata, not content
         elif tok.type == "heading_open":
-            title = _inline_text(tokens[i + 1]) or body.strip("# ")
+            title = _inline_text(tokens[i + 1], env) or body.strip("# ")
             units.append(_Unit(body, heading=(int(tok.tag[1:]), title)))
         elif tok.type in ("bullet_list_open", "ordered_list_open"):
             items = [

@@ -283,6 +283,9 @@ class DocumentRunner:
         n = len(res.slots)
         earlier = SPLITS[:SPLITS.index(split)]
         gate = self.gate(self.others(res, -1, earlier))
+        # a spare is checked against every other split of the document (after the split rounds, e.g.
+        # in the leakage audit's backfill, the later splits exist too; a spare was never shown them)
+        spare_gate = self.gate(self.others(res, -1, tuple(sp for sp in SPLITS if sp != split)))
         kept_norms: list[str] = []
         checked = [0] * n
         for attempt in range(s.max_attempts + 1):
@@ -302,7 +305,7 @@ class DocumentRunner:
                 shrank = len(survivors) < len(slot.pairs)
                 slot.pairs = survivors
                 if shrank:  # spares first (no request), checked like the rest
-                    self.promote(res, i, split, gate, kept_norms)
+                    self.promote(res, i, split, spare_gate, kept_norms)
                     if len(slot.pairs) < res.plan.targets[i][split]:
                         lost.append(i)
                 checked[i] = len(slot.pairs)

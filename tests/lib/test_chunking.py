@@ -89,3 +89,12 @@ def test_corpus_chunks_respect_size(corpus):
         assert all(len(c.text) <= 4000 for c in chunks), path
         # code fences stay balanced inside every chunk
         assert all(c.text.count("```") % 2 == 0 for c in chunks), path
+
+
+def test_heading_breadcrumbs_drop_inline_markup_and_resolve_reference_links():
+    """Headings are parsed for their text alone (the block parse skips inline markup), with the
+    document's link reference definitions."""
+    from datakeg.chunking import _md_units
+
+    units = _md_units("# [Foo][r] and [Bar] `x` *em*\n\ntext\n\n[r]: http://a\n[bar]: http://b\n")
+    assert units[0].heading == (1, "Foo and Bar x em")
