@@ -346,13 +346,15 @@ class Generator:
             # spares first (--spares): a removed pair is replaced from its chunk's reserve, checked
             # against the document like a refill, in a fixed order and with no request; the next
             # round audits them like every other pair
+            promoted = set()
             for k, i, sp in sorted(drop):
                 res = results[k]
                 mine = [p.question for s2 in SPLITS for p in res.slots[i][s2].pairs]
-                self.runner.promote(res, i, sp, self.runner.gate(self.runner.others(res, i, SPLITS) + mine
-                                                                 + avoid[(k, i, sp)]))
+                if self.runner.promote(res, i, sp, self.runner.gate(self.runner.others(res, i, SPLITS) + mine
+                                                                    + avoid[(k, i, sp)])):
+                    promoted.add(k)
             with self.lock:
-                for k in sorted({k for k, _, _ in drop}):
+                for k in sorted(promoted):
                     self._write_document(results[k])
             drop = {key: js for key, js in drop.items()
                     if len(results[key[0]].slots[key[1]][key[2]].pairs) < results[key[0]].plan.targets[key[1]][key[2]]}

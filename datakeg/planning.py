@@ -103,6 +103,11 @@ def batches(n: int, size: int) -> list[int]:
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
+def spare_pairs(target: int, share: float) -> int:
+    """Spares (``--spares``) asked for a chunk's split of ``target`` pairs, room permitting."""
+    return math.ceil(share * target - 1e-9) if target > 0 else 0
+
+
 def estimate(plan: Plan, settings: Settings) -> dict:
     """Requests and tokens a run of ``plan`` would need (no model calls), per file and in total."""
     per_file = []
@@ -115,8 +120,7 @@ def estimate(plan: Plan, settings: Settings) -> dict:
             for split in SPLITS:
                 planned = batches(target[split], settings.batch_size)
                 if planned:
-                    spares += min(settings.batch_size - planned[-1],
-                                  math.ceil(settings.spares * target[split] - 1e-9))
+                    spares += min(settings.batch_size - planned[-1], spare_pairs(target[split], settings.spares))
                 for k in planned:
                     avoid = ["x" * 70] * min(settings.avoid_cap, done)
                     msgs = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
@@ -137,4 +141,4 @@ def estimate(plan: Plan, settings: Settings) -> dict:
     return {"files": per_file, "totals": totals}
 
 
-__all__ = ["DocPlan", "Plan", "make_plan", "estimate", "batches"]
+__all__ = ["DocPlan", "Plan", "make_plan", "estimate", "batches", "spare_pairs"]

@@ -13,7 +13,6 @@ same chunk and split, so a rerun replays every request it already paid for, in w
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -22,7 +21,7 @@ from datakeg.calls import Caller
 from datakeg.journal import request_key
 from datakeg.judge import Judge
 from datakeg.parsing import ParseError, pairs_schema, parse_pairs
-from datakeg.planning import TOKENS_PER_PAIR, DocPlan, batches
+from datakeg.planning import TOKENS_PER_PAIR, DocPlan, batches, spare_pairs
 from datakeg.prompts import avoid_list, build_messages
 from datakeg.providers.base import ChatRequest
 from datakeg.quality import Gate, Grounding, normalize_question
@@ -134,7 +133,7 @@ class DocumentRunner:
         questions are always in the avoid list (questions removed by the leakage audit)."""
         s = self.settings
         want = dp.targets[i][split]
-        spare = self.spare_count(want)
+        spare = spare_pairs(want, s.spares)
         chunk = dp.chunks[i]
         grounding = Grounding(chunk.text)
         made = 0
@@ -174,9 +173,6 @@ class DocumentRunner:
                 kept += 1
             progress = kept > 0
             self.cb.on_pairs(kept)
-
-    def spare_count(self, want: int) -> int:
-        return math.ceil(self.settings.spares * want - 1e-9) if want > 0 else 0
 
     def promote(self, res: DocResult, i: int, split: str, gate: Gate, kept: list[str] | None = None) -> int:
         """Fill what chunk ``i`` lacks for ``split`` from its reserve, in reserve order; a spare that
