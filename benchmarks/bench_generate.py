@@ -7,7 +7,9 @@ no assertions (see README, "Benchmarks").
     python benchmarks/bench_generate.py --memory-pairs 100000   # peak client memory at 100k pairs
 
 The model is the bundled fake LLM server in its own process (real HTTP on 127.0.0.1, a fixed
-latency per request, a simulated prefix cache); token counts are its estimate (characters / 4).
+latency per request counted from the request's arrival, a simulated prefix cache); token counts are
+its estimate (characters / 4). One server process serves every run, reset before each (it forgets
+every request); its replies to a shape's excerpts are computed once, in the shape's warm-up run.
 
 Shapes:
   corpus  ../shared/corpus when it exists, else testdoc/ (the project's own pages)
@@ -92,18 +94,38 @@ def fake_server_process(latency: float):
         proc.wait()
 
 
+_SERVERS: list[str] = []  # base URLs of the fake servers started so far (see fake_servers)
+_STACK = contextlib.ExitStack()
+
+
+def fake_servers(count: int, latency: float) -> list[str]:
+    """``count`` fake servers, each reset (``POST /fake/reset``: it forgets every request, as a fresh
+    one) and set to ``latency``. The processes live for the whole benchmark, so the cache of the
+    replies they computed for a shape's excerpts is warm after the shape's warm-up run: a freshly
+    started server would spend its first round computing them, on the 2 cores the client runs on."""
+    import urllib.request
+
+    while len(_SERVERS) < count:
+        _SERVERS.append(_STACK.enter_context(fake_server_process(0.0)))
+    for url in _SERVERS[:count]:
+        req = urllib.request.Request(url.replace("/v1", "/fake/reset"), data=json.dumps({"latency": latency}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            r.read()
+    return _SERVERS[:count]
+
+
 def run_generate(corpus: Path, latency: float, concurrency: int, work: Path, servers: int = 1, **settings):
     """One full run through the public API (lock, fingerprint, audit, manifest, merge)."""
     out = work / f"run-{concurrency}-{servers}"
     shutil.rmtree(out, ignore_errors=True)
-    with contextlib.ExitStack() as stack:
-        urls = [stack.enter_context(fake_server_process(latency)) for _ in range(servers)]
-        cpu = time.process_time()
-        start = time.perf_counter()
-        result = datakeg.generate(corpus, out, provider="openai", base_url=urls, model="fake-model",
-                                  concurrency=concurrency, **settings)
-        wall = time.perf_counter() - start
-        cpu = time.process_time() - cpu
+    urls = fake_servers(servers, latency)
+    cpu = time.process_time()
+    start = time.perf_counter()
+    result = datakeg.generate(corpus, out, provider="openai", base_url=urls, model="fake-model",
+                              concurrency=concurrency, **settings)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     return result.manifest, wall, cpu, out
 
 
@@ -190,8 +212,6 @@ def chain_length(corpus: Path, settings: dict) -> tuple[int, int]:
 def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Path, spares: list[float]) -> None:
     print(f"fake server latency {latency * 1000:.0f} ms per request (the many-documents shape: a quarter of it)")
     print("limit = max(requests x latency / concurrency, longest chain of dependent requests x latency)\n")
-    for corpus, settings, _ in shapes.values():  # warm-up: imports and one-time model loads are not the run
-        run_generate(corpus, 0.0, 8, work, **settings)
     print("spares: --spares (rows with spares other than 0 are run at concurrency > 1 only)")
     print("extra: requests beyond the plan (backfill after the duplicate check and the leakage audit)\n")
     print(f"{'shape':<8} {'conc.':>5} {'spares':>6} {'requests':>8} {'extra':>5} {'wall s':>7} {'limit s':>7} "
@@ -199,6 +219,8 @@ def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Pa
           f"{'prefix share':>12} {'cached/prompt':>13} {'client CPU s/1k pairs':>21}")
     for name, (corpus, settings, lat_factor) in shapes.items():
         lat = latency * lat_factor
+        # warm-up: imports, and the fake server's replies for these excerpts, are not the run
+        run_generate(corpus, 0.0, 8, work, **settings)
         chain, planned = chain_length(corpus, settings)
         for c in concurrencies:
             for sp in spares:
@@ -216,7 +238,7 @@ def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Pa
 
 
 def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: int, work: Path) -> None:
-    run_generate(corpus, 0.0, concurrency, work, **settings)  # warm-up: imports are not the run
+    run_generate(corpus, 0.0, concurrency, work, servers=2, **settings)  # warm-up: imports, both servers' replies
     print(f"\n{'servers':>7} {'conc. each':>10} {'requests':>8} {'wall s':>7} {'pairs/s':>8} {'speed-up':>8}")
     base = None
     for servers in (1, 2):
@@ -294,6 +316,7 @@ def main(argv=None) -> int:
         if args.memory_pairs:
             memory_run(args.memory_pairs, work)
     finally:
+        _STACK.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -20,6 +20,11 @@ from datakeg.providers.base import (
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
 
+def _count(value) -> int | None:
+    """A token count the server reported, or None (a bool is an int to Python, not to us)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class OpenAICompatProvider(Provider):
     name = "openai"
     description = ("any OpenAI-compatible server (vLLM, llama.cpp, LM Studio, OpenAI); --base-url, key in "
@@ -132,12 +137,12 @@ class OpenAICompatProvider(Provider):
             if refused is not None:  # the key was rejected: every other request would be too
                 raise ProviderUnavailable(refused.message, refused.hint)  # a fresh one per thread
             try:
-                # The client's documented low-level `post` sends the body as it is: the messages are
-                # plain JSON already, and `chat.completions.create` would spend more CPU walking them
-                # through its typed transforms than the rest of the request costs (see benchmarks).
-                from openai.types.chat import ChatCompletion
-
-                resp = self.client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
+                # The client's documented low-level `post` sends the body as it is and hands back the
+                # reply's JSON as plain data (``cast_to=object``): the messages are plain JSON already,
+                # and `chat.completions.create` would spend more CPU walking them through its typed
+                # transforms, and building typed models of the reply, than the rest of the request
+                # costs (see benchmarks). Retries, timeouts and status errors stay the client's.
+                resp = self.client.post("/chat/completions", body=kwargs, cast_to=object)
                 break
             except openai.BadRequestError as exc:
                 # The server does not support this structured-output mode: step down and remember.
@@ -165,39 +170,40 @@ class OpenAICompatProvider(Provider):
         return self._completion(resp)
 
     def _completion(self, resp) -> Completion:
-        """A Completion from a chat reply, or a ProviderRequestError saying what is wrong with it."""
+        """A Completion from a chat reply (its JSON as plain data), or a ProviderRequestError saying
+        what is wrong with it."""
         if isinstance(resp, str):  # the client hands back the raw text of a non-JSON reply
             kind = "an HTML page" if "<html" in resp[:2000].lower() else "not JSON"
             raise request_failed(f"the server's reply is {kind}, not a chat completion: {excerpt(resp)}")
-        extra = getattr(resp, "model_extra", None) or {}
-        error = extra.get("error") if isinstance(extra, dict) else None
-        choices = getattr(resp, "choices", None)
+        if not isinstance(resp, dict):
+            raise request_failed(f"the server's reply is not a chat completion: {excerpt(resp)}")
+        error = resp.get("error")
+        choices = resp.get("choices")
         if error is not None:
             message = error.get("message", error) if isinstance(error, dict) else error
             raise request_failed(f"the server answered with an error: {excerpt(message)}")
         if not isinstance(choices, list) or not choices:
             raise request_failed("the server's reply has no choices")
-        choice = choices[0]
-        message = getattr(choice, "message", None)
-        finish = getattr(choice, "finish_reason", None)
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        message = choice.get("message")
+        message = message if isinstance(message, dict) else {}
+        finish = choice.get("finish_reason")
         detail = f" (finish_reason: {finish})" if finish and finish != "stop" else ""
-        refusal = getattr(message, "refusal", None) if message is not None else None
+        refusal = message.get("refusal")
         if refusal:
             detail += f" (refusal: {excerpt(refusal)})"
-        text = reply_text(getattr(message, "content", None) if message is not None else None,
-                          self.max_reply_chars, detail)
-        usage = getattr(resp, "usage", None)
-        cost = getattr(usage, "cost", None) if usage else None
-        prompt_tokens = getattr(usage, "prompt_tokens", 0) if usage else 0
-        completion_tokens = getattr(usage, "completion_tokens", 0) if usage else 0
-        details = getattr(usage, "prompt_tokens_details", None) if usage else None
-        cached = getattr(details, "cached_tokens", None) if details is not None else None
+        text = reply_text(message.get("content"), self.max_reply_chars, detail)
+        usage = resp.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        details = usage.get("prompt_tokens_details")
+        cost, prompt_tokens, completion_tokens = usage.get("cost"), usage.get("prompt_tokens"), usage.get("completion_tokens")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return Completion(
             text,
-            prompt_tokens if isinstance(prompt_tokens, int) else 0,
-            completion_tokens if isinstance(completion_tokens, int) else 0,
-            float(cost) if isinstance(cost, (int, float)) else None,
-            cached if isinstance(cached, int) else None,
+            _count(prompt_tokens) or 0,
+            _count(completion_tokens) or 0,
+            float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+            _count(cached),
         )
 
     def describe(self) -> dict:

@@ -50,6 +50,9 @@ pair, "faithful" 5 when at least 80 % of the answer's words occur in the chunk (
 "standalone" 1 when the question is dangling (datakeg.quality.dangling, else 5) and "useful" 1 when
 the answer is an echo of the question (else 4). ``malformed`` breaks the judge's reply too.
 
+``POST /fake/reset`` (body ``{"latency": seconds}``, optional) makes it forget every request, as if
+it had just started, and sets its latency: benchmarks reuse one server whose reply cache is warm.
+
 Run it on its own:  python -m datakeg.testing.fake_server --port 8000 --fault fence --latency 0.2
 """
 
@@ -67,6 +70,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 FAULTS = ("leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
           "huge", "junk", "reworded")
+HTTP_FAULTS = frozenset({"http401", "http403", "http429", "http500", "echoauth", "html200", "notjson200", "error200"})
 HUGE_REPLY_CHARS = 1_200_000  # characters of the ``huge`` reply (datakeg refuses replies over 1 MB)
 HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad Gateway</h1>"
              "<p>The proxy received an invalid response from an upstream server.</p></body></html>\n")
@@ -93,7 +97,7 @@ def parse_faults(specs) -> dict[str, int]:
     return faults
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=4096)
 def candidates(excerpt: str) -> list[tuple[str, str]]:
     """All (question, answer) pairs the server can give for an excerpt, in a fixed order.
 
@@ -323,6 +327,19 @@ class FakeLLMServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def reset(self, latency: float | None = None) -> None:
+        """Forget every request (the request log, the prefix cache, the faults' counts), as a freshly
+        started server; the replies' own cache (:func:`candidates`) stays warm. ``POST /fake/reset``
+        (optional body ``{"latency": seconds}``) does this over HTTP."""
+        with self.lock:
+            self.requests.clear()
+            self.chat_count = 0
+            self.seen.clear()
+            self.prefixes.clear()
+            self.heldout.clear()
+            if latency is not None:
+                self.latency = float(latency)
+
     def _prefix_cache(self, prompt: str) -> int:
         """Tokens of ``prompt`` a prefix cache (vLLM's automatic prefix caching, hosted prompt
         caches) would serve: the longest prefix, in blocks of 16 tokens (64 characters here), that
@@ -330,8 +347,10 @@ class FakeLLMServer:
         import hashlib
 
         block = 64
-        hashes = [hashlib.sha1(prompt[:end].encode("utf-8", "surrogatepass")).digest()
-                  for end in range(block, len(prompt) + 1, block)]
+        running, hashes = hashlib.sha1(), []
+        for end in range(block, len(prompt) + 1, block):  # the hash of each prefix, in one pass
+            running.update(prompt[end - block:end].encode("utf-8", "surrogatepass"))
+            hashes.append(running.copy().digest())
         with self.lock:
             hit = 0
             for h in hashes:
@@ -443,20 +462,32 @@ class FakeLLMServer:
                     body = json.loads(self.rfile.read(length) or b"{}")
                 except json.JSONDecodeError:
                     return self._send(400, {"error": "invalid JSON body"})
+                if self.path == "/fake/reset":  # benchmarks: one warm server for many runs
+                    server.reset(body.get("latency"))
+                    return self._send(200, {"ok": True})
                 if self.path not in ("/v1/chat/completions", "/api/chat"):
                     return self._send(404, {"error": f"not found: {self.path}"})
                 ollama = self.path == "/api/chat"
+                arrived = time.monotonic()
                 n, active = server._active_faults(body)
                 with server.lock:
-                    server.requests.append({"path": self.path, "body": body, "faults": sorted(active), "at": time.monotonic()})
-                if server.latency or server.jitter:
-                    # jitter: replies come back in a different order from one run to the next
-                    time.sleep(server.latency + (random.uniform(0, server.jitter) if server.jitter else 0))
-                if self._fault_reply(active, ollama):
-                    return
+                    server.requests.append({"path": self.path, "body": body, "faults": sorted(active), "at": arrived})
+                # The reply is written first and sent ``latency`` seconds after the request arrived
+                # (jitter: replies come back in a different order from one run to the next), as a model
+                # server's latency includes its own work: this server's CPU time (it shares the
+                # machine with the client in benchmarks) does not queue up behind the wait.
+                delay = server.latency + (random.uniform(0, server.jitter) if server.jitter else 0)
+                reply = None if active & HTTP_FAULTS else self._chat_reply(body, ollama, n, active)
+                if delay:
+                    time.sleep(max(0.0, arrived + delay - time.monotonic()))
+                if not self._fault_reply(active, ollama):
+                    self._send(*reply)
+
+            def _chat_reply(self, body: dict, ollama: bool, n: int, active: set[str]) -> tuple[int, dict]:
+                """(status, body) of the reply to a chat request with no HTTP-level fault active."""
                 model = body.get("model")
                 if ollama and model not in server.models:
-                    return self._send(404, {"error": f"model '{model}' not found, try pulling it first"})
+                    return 404, {"error": f"model '{model}' not found, try pulling it first"}
                 messages = body.get("messages") or []
                 prompt = "\n".join(str(m.get("content", "")) for m in messages)
                 fmt = body.get("format") if ollama else body.get("response_format")
@@ -488,14 +519,14 @@ class FakeLLMServer:
                              "done": True, "done_reason": "stop", "prompt_eval_count": ptok, "eval_count": ctok}
                     if "emptychoices" in active:
                         del reply["message"]
-                    return self._send(200, reply)
+                    return 200, reply
                 choices = [] if "emptychoices" in active else [
                     {"index": 0, "finish_reason": "stop", "message": message}]
-                return self._send(200, {
+                return 200, {
                     "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": model,
                     "choices": choices,
                     "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok,
-                              "prompt_tokens_details": {"cached_tokens": cached}}})
+                              "prompt_tokens_details": {"cached_tokens": cached}}}
 
         return Handler
 

@@ -260,6 +260,37 @@ def test_server_prefix_cache_and_prompt_prefix_share_are_reported(server, tmp_pa
     assert 0.3 < t["prompt_prefix_share"] < 1
 
 
+def test_the_benchmark_server_reset_forgets_every_request_and_sets_the_latency(small_testdoc, tmp_path):
+    """benchmarks/ reuse one fake server per shape (its reply cache warm) and reset it before each
+    run: the run's figures must be those of a freshly started server."""
+    import time
+    import urllib.request
+
+    def post(url, body):
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        start = time.monotonic()
+        with urllib.request.urlopen(req) as r:
+            json.loads(r.read())
+        return time.monotonic() - start
+
+    def cached(out):
+        return json.loads((out / "manifest.json").read_text())["totals"]["cached_prompt_tokens"]
+
+    with FakeLLMServer() as srv:
+        assert gen(srv, small_testdoc, tmp_path / "a").exit_code == 0
+        first, requests = cached(tmp_path / "a"), len(srv.requests)
+        assert gen(srv, small_testdoc, tmp_path / "b").exit_code == 0
+        assert cached(tmp_path / "b") > first  # not reset: the server remembers every prompt
+        post(srv.url.replace("/v1", "/fake/reset"), {"latency": 0.3})
+        assert srv.requests == [] and srv.latency == 0.3
+        assert gen(srv, small_testdoc, tmp_path / "c").exit_code == 0
+        assert cached(tmp_path / "c") == first and len(srv.requests) == requests  # as a fresh server
+        chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
+        assert post(srv.url + "/chat/completions", chat) >= 0.3  # counted from the request's arrival
+        post(srv.url.replace("/v1", "/fake/reset"), {"latency": 0})
+        assert post(srv.url + "/chat/completions", chat) < 0.3
+
+
 def test_a_second_process_is_refused_while_a_run_holds_out(tmp_path):
     out = tmp_path / "o"
     with FakeLLMServer(latency=0.05) as srv:
