@@ -171,14 +171,7 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
     indptr = x.indptr.astype(np.int64)
     rowlen = np.diff(indptr)
     rowid = np.repeat(np.arange(n, dtype=np.int32), rowlen)
-    csum = np.zeros(x.nnz + 1, dtype=np.float64)           # csum[k]: squares of entries before k
-    squares = x.data.astype(np.float64)
-    squares *= squares
-    np.cumsum(squares, out=csum[1:])
-    del squares
-    rowtot = csum[indptr[1:]] - csum[indptr[:-1]]           # squared norm of each row
-    tail = np.repeat(csum[indptr[1:]], rowlen)              # squares from entry k to row end:
-    tail -= csum[:-1]                                       # (squares up to row end) - (before k)
+    tail, rowtot = _suffix_squares(x.data, indptr)          # squares from entry k to its row's end; per row
 
     if depth is None:
         depth = _choose_depth(tail, x.indices, limit, threshold, nf)
@@ -205,7 +198,7 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
         base = work[s0 - 1] if s0 else 0.0
         e0 = int(np.searchsorted(work, base + BLOCK_WORK, side="right"))
         starts.append(min(n, max(e0, s0 + 1), s0 + BLOCK))
-    del tail, inpre, rowid, per_feature, work
+    del inpre, rowid, per_feature, work
     ymax = float(np.sqrt(rowtot.max()))                     # |y| (1 up to rounding)
     crude = threshold - (depth - EPS) * ymax - EPS          # s + |x_suffix| |y| >= t needs s >= this
 
@@ -237,7 +230,9 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
         rows, cols, spp, xr, yr = rows[ok], cols[ok], spp[ok], xr[ok], yr[ok]
         # positional bound: x.y <= s + |x_suffix| |y_{>=m}|
         pos = _search_rows(x.indices, indptr, yr, cut[xr])
-        ytail = np.sqrt(np.maximum(rowtot[yr] - (csum[pos] - csum[indptr[yr]]), 0.0))
+        inrow = pos < indptr[yr + 1]                         # |y_{>=m}|^2: y's squares from pos on
+        ytail = np.zeros(len(pos), dtype=np.float64)
+        ytail[inrow] = np.sqrt(np.maximum(tail[pos[inrow]], 0.0))
         ok = spp + sufn[xr] * ytail >= threshold - EPS
         ci.append(rows[ok])
         cj.append(cols[ok])
@@ -245,6 +240,7 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
         t_bound += clock() - t1
     if stats is not None:
         stats.update(depth=depth, product_s=round(t_product, 3), bound_s=round(t_bound, 3))
+    del tail
     if not ci:
         return empty
     t0 = clock()
@@ -265,6 +261,33 @@ def similar_pairs(x, threshold: float, limit=None, stats: dict | None = None, de
     if stats is not None:
         stats["pairs"] = len(rows)
     return rows[order], cols[order], scores[order]
+
+
+def _suffix_squares(data, indptr, entries: int = 1 << 20):
+    """(tail, rowtot): tail[k] = the sum of the squares of the entries of k's row from k to the
+    row's end (float32: what the prefix bounds read, far inside their EPS slack), rowtot = each
+    row's squared norm (float64). Summed in float64 over rows of about ``entries`` entries at a
+    time, so no array of one float64 per entry of the matrix is ever held."""
+    import numpy as np
+
+    n = len(indptr) - 1
+    tail = np.empty(int(indptr[-1]), dtype=np.float32)
+    rowtot = np.zeros(n, dtype=np.float64)
+    r0 = 0
+    while r0 < n:
+        r1 = max(r0 + 1, int(np.searchsorted(indptr, indptr[r0] + entries, side="right")) - 1)
+        r1 = min(r1, n)
+        a, b = int(indptr[r0]), int(indptr[r1])
+        squares = data[a:b].astype(np.float64)
+        squares *= squares
+        csum = np.zeros(b - a + 1, dtype=np.float64)        # csum[k]: squares of the chunk's entries before k
+        np.cumsum(squares, out=csum[1:])
+        ends = indptr[r0 + 1:r1 + 1] - a
+        starts = indptr[r0:r1] - a
+        rowtot[r0:r1] = csum[ends] - csum[starts]
+        tail[a:b] = np.repeat(csum[ends], ends - starts) - csum[:-1]
+        r0 = r1
+    return tail, rowtot
 
 
 def _search_rows(indices, indptr, rows, values):
