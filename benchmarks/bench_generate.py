@@ -239,15 +239,18 @@ def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Pa
 
 def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: int, work: Path) -> None:
     run_generate(corpus, 0.0, concurrency, work, servers=2, **settings)  # warm-up: imports, both servers' replies
-    print(f"\n{'servers':>7} {'conc. each':>10} {'requests':>8} {'wall s':>7} {'pairs/s':>8} {'speed-up':>8}")
+    chain, _ = chain_length(corpus, settings)
+    print(f"\n{'servers':>7} {'conc. each':>10} {'requests':>8} {'wall s':>7} {'limit s':>7} {'wall/limit':>10} "
+          f"{'pairs/s':>8} {'speed-up':>8}")
     base = None
     for servers in (1, 2):
         m, wall, _, _ = run_generate(corpus, latency, concurrency, work, servers=servers, **settings)
         t = m["totals"]
+        limit = max(t["requests"] * latency / (concurrency * servers), chain * latency)
         rate = sum(t["delivered"].values()) / wall
         base = base or rate
-        print(f"{servers:>7} {concurrency:>10} {t['requests']:>8} {wall:>7.2f} {rate:>8.1f} {rate / base:>7.2f}x",
-              flush=True)
+        print(f"{servers:>7} {concurrency:>10} {t['requests']:>8} {wall:>7.2f} {limit:>7.2f} {wall / limit:>9.2f}x "
+              f"{rate:>8.1f} {rate / base:>7.2f}x", flush=True)
 
 
 def memory_run(pairs: int, work: Path) -> None:
