@@ -281,14 +281,16 @@ def test_the_benchmark_server_reset_forgets_every_request_and_sets_the_latency(s
         first, requests = cached(tmp_path / "a"), len(srv.requests)
         assert gen(srv, small_testdoc, tmp_path / "b").exit_code == 0
         assert cached(tmp_path / "b") > first  # not reset: the server remembers every prompt
-        post(srv.url.replace("/v1", "/fake/reset"), {"latency": 0.3})
-        assert srv.requests == [] and srv.latency == 0.3
+        post(srv.url.replace("/v1", "/fake/reset"), {})
+        assert srv.requests == []
         assert gen(srv, small_testdoc, tmp_path / "c").exit_code == 0
         assert cached(tmp_path / "c") == first and len(srv.requests) == requests  # as a fresh server
         chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
-        assert post(srv.url + "/chat/completions", chat) >= 0.3  # counted from the request's arrival
+        post(srv.url.replace("/v1", "/fake/reset"), {"latency": 0.5})
+        assert srv.latency == 0.5
+        assert post(srv.url + "/chat/completions", chat) >= 0.5  # counted from the request's arrival
         post(srv.url.replace("/v1", "/fake/reset"), {"latency": 0})
-        assert post(srv.url + "/chat/completions", chat) < 0.3
+        assert post(srv.url + "/chat/completions", chat) < 0.5
 
 
 def test_a_second_process_is_refused_while_a_run_holds_out(tmp_path):
