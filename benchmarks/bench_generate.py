@@ -115,6 +115,17 @@ def fake_servers(count: int, latency: float) -> list[str]:
     return _SERVERS[:count]
 
 
+def warm_up(corpus: Path, concurrency: int, work: Path, servers: int = 1, **settings) -> None:
+    """One run at no latency against each of the first ``servers`` servers alone: the client's imports,
+    and every server's replies to these excerpts, are not part of the timed runs."""
+    urls = fake_servers(servers, 0.0)
+    for k, url in enumerate(urls):
+        out = work / f"warm-{k}"
+        shutil.rmtree(out, ignore_errors=True)
+        datakeg.generate(corpus, out, provider="openai", base_url=url, model="fake-model", concurrency=concurrency,
+                         **settings)
+
+
 def run_generate(corpus: Path, latency: float, concurrency: int, work: Path, servers: int = 1, **settings):
     """One full run through the public API (lock, fingerprint, audit, manifest, merge)."""
     out = work / f"run-{concurrency}-{servers}"
@@ -220,7 +231,7 @@ def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Pa
     for name, (corpus, settings, lat_factor) in shapes.items():
         lat = latency * lat_factor
         # warm-up: imports, and the fake server's replies for these excerpts, are not the run
-        run_generate(corpus, 0.0, 8, work, **settings)
+        warm_up(corpus, 8, work, **settings)
         chain, planned = chain_length(corpus, settings)
         for c in concurrencies:
             for sp in spares:
@@ -238,7 +249,7 @@ def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Pa
 
 
 def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: int, work: Path) -> None:
-    run_generate(corpus, 0.0, concurrency, work, servers=2, **settings)  # warm-up: imports, both servers' replies
+    warm_up(corpus, concurrency, work, servers=2, **settings)
     chain, _ = chain_length(corpus, settings)
     print(f"\n{'servers':>7} {'conc. each':>10} {'requests':>8} {'wall s':>7} {'limit s':>7} {'wall/limit':>10} "
           f"{'pairs/s':>8} {'speed-up':>8}")
@@ -320,6 +331,7 @@ def main(argv=None) -> int:
             memory_run(args.memory_pairs, work)
     finally:
         _STACK.close()
+        _SERVERS.clear()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

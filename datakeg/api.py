@@ -11,7 +11,6 @@ Every function raises :mod:`datakeg.errors` exceptions (each with a ``hint`` say
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +116,12 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     or ``fresh``), replays finished requests from the journal, runs the leakage audit, writes
     per-file outputs, merged files, ``rejects.jsonl`` and ``manifest.json``.
     """
+    from datakeg.calls import Limits
+    from datakeg.outdir import OutputLock, prepare_out, refuse_foreign, remove_stale_temp_files
+    from datakeg.pipeline import Generator
+    from datakeg.planning import make_plan
+    from datakeg.providers import create_provider
+
     cb = callbacks or Callbacks()
     if resume and fresh:
         raise ConfigError("--resume and --fresh contradict each other; pass one of them.")
@@ -126,34 +131,6 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     s = Settings.build(**settings)
     src, out = Path(src), Path(out)
     _check_paths(src, out)
-    with _old_objects_frozen():
-        return _generate(src, out, provider, model, base_url, concurrency, fresh, resume, cb, s)
-
-
-@contextlib.contextmanager
-def _old_objects_frozen():
-    """The objects that exist when a run starts (modules, the caller's data) sit out the garbage
-    collector's full passes until it ends: each pass over them stops every thread for as long as
-    a few hundred requests take to send (over 100 ms after an earlier run in the same process).
-    ``gc.unfreeze`` hands them back afterwards, so whatever of them became garbage is collected
-    then."""
-    import gc
-
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-def _generate(src: Path, out: Path, provider, model, base_url, concurrency, fresh, resume, cb: Callbacks,
-              s: Settings) -> Result:
-    from datakeg.calls import Limits
-    from datakeg.outdir import OutputLock, prepare_out, refuse_foreign, remove_stale_temp_files
-    from datakeg.pipeline import Generator
-    from datakeg.planning import make_plan
-    from datakeg.providers import create_provider
-
     docs, skipped = _read(src, out, s)
     the_plan = make_plan(docs, skipped, s)
     urls = list(base_url) if isinstance(base_url, (list, tuple)) else [base_url]

@@ -3,6 +3,7 @@ through the official ``openai`` client."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from datakeg.errors import ProviderUnavailable
@@ -137,11 +138,12 @@ class OpenAICompatProvider(Provider):
             if refused is not None:  # the key was rejected: every other request would be too
                 raise ProviderUnavailable(refused.message, refused.hint)  # a fresh one per thread
             try:
-                # The client's documented low-level `post` sends the body as it is and hands back the
-                # reply's JSON as plain data (``cast_to=object``): the messages are plain JSON already,
-                # and `chat.completions.create` would spend more CPU walking them through its typed
-                # transforms, and building typed models of the reply, than the rest of the request
-                # costs (see benchmarks). Retries, timeouts and status errors stay the client's.
+                # The client's documented low-level `post` sends the body as it is: the messages are
+                # plain JSON already, and `chat.completions.create` would spend more CPU walking them
+                # through its typed transforms than the rest of the request costs (see benchmarks).
+                # The reply comes back as plain data (``cast_to=object``; the text when it is not
+                # labelled JSON), read by `_completion`. Retries, timeouts and status errors stay the
+                # client's.
                 resp = self.client.post("/chat/completions", body=kwargs, cast_to=object)
                 break
             except openai.BadRequestError as exc:
@@ -172,9 +174,12 @@ class OpenAICompatProvider(Provider):
     def _completion(self, resp) -> Completion:
         """A Completion from a chat reply (its JSON as plain data), or a ProviderRequestError saying
         what is wrong with it."""
-        if isinstance(resp, str):  # the client hands back the raw text of a non-JSON reply
-            kind = "an HTML page" if "<html" in resp[:2000].lower() else "not JSON"
-            raise request_failed(f"the server's reply is {kind}, not a chat completion: {excerpt(resp)}")
+        if isinstance(resp, str):  # the client hands back the text of a reply not labelled JSON
+            try:  # some proxies label a JSON reply text/plain (or not at all): read it all the same
+                resp = json.loads(resp)
+            except ValueError:
+                kind = "an HTML page" if "<html" in resp[:2000].lower() else "not JSON"
+                raise request_failed(f"the server's reply is {kind}, not a chat completion: {excerpt(resp)}") from None
         if not isinstance(resp, dict):
             raise request_failed(f"the server's reply is not a chat completion: {excerpt(resp)}")
         error = resp.get("error")

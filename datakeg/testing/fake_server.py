@@ -25,6 +25,8 @@ the same requests fail whatever order concurrent clients send them in, and a ret
   notjson200  answer HTTP 200, Content-Type: application/json, with a body that is not JSON
   error200    answer HTTP 200 whose body is only an error object ({"error": {"message": ...}};
               Ollama: {"error": "..."})
+  textplain200  send the normal reply (valid JSON) with Content-Type: text/plain, as some proxies
+              do: it must be read like any other
   emptychoices  answer HTTP 200 with no choices (Ollama: no message)
   nullcontent answer HTTP 200 whose message content is null
   huge        answer with a reply of HUGE_REPLY_CHARS characters (over any sane size cap)
@@ -69,7 +71,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
-          "huge", "junk", "reworded")
+          "huge", "junk", "reworded", "textplain200")
 HTTP_FAULTS = frozenset({"http401", "http403", "http429", "http500", "echoauth", "html200", "notjson200", "error200"})
 HUGE_REPLY_CHARS = 1_200_000  # characters of the ``huge`` reply (datakeg refuses replies over 1 MB)
 HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad Gateway</h1>"
@@ -463,7 +465,10 @@ class FakeLLMServer:
                 except json.JSONDecodeError:
                     return self._send(400, {"error": "invalid JSON body"})
                 if self.path == "/fake/reset":  # benchmarks: one warm server for many runs
-                    server.reset(body.get("latency"))
+                    latency = body.get("latency") if isinstance(body, dict) else None
+                    if not isinstance(body, dict) or not isinstance(latency, (int, float, type(None))):
+                        return self._send(400, {"error": 'the body is {"latency": seconds} or {}'})
+                    server.reset(latency)
                     return self._send(200, {"ok": True})
                 if self.path not in ("/v1/chat/completions", "/api/chat"):
                     return self._send(404, {"error": f"not found: {self.path}"})
@@ -480,8 +485,11 @@ class FakeLLMServer:
                 reply = None if active & HTTP_FAULTS else self._chat_reply(body, ollama, n, active)
                 if delay:
                     time.sleep(max(0.0, arrived + delay - time.monotonic()))
-                if not self._fault_reply(active, ollama):
-                    self._send(*reply)
+                if self._fault_reply(active, ollama):
+                    return
+                if "textplain200" in active:  # a good reply under the wrong Content-Type
+                    return self._send_raw(reply[0], json.dumps(reply[1]).encode(), "text/plain; charset=utf-8")
+                self._send(*reply)
 
             def _chat_reply(self, body: dict, ollama: bool, n: int, active: set[str]) -> tuple[int, dict]:
                 """(status, body) of the reply to a chat request with no HTTP-level fault active."""

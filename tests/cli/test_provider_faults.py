@@ -122,6 +122,19 @@ def test_bad_200_replies_are_failed_requests_never_journaled_and_rerun_asks_agai
     assert outputs(out) == healthy_outputs
 
 
+@pytest.mark.parametrize("provider", ["openai", "ollama"])
+def test_a_good_reply_labelled_text_plain_is_read_like_any_other(healthy, tmp_path, provider):
+    """Some proxies send JSON as text/plain; the reply is the model's and must not be lost."""
+    out = tmp_path / "o"
+    with FakeLLMServer(faults=["textplain200:2"]) as srv:
+        result = generate(srv, out, "--max-attempts", "0", provider=provider)
+        hit = [r for r in srv.requests if r["faults"]]
+    assert result.exit_code == 0, text_of(result)
+    assert hit, "the fault never hit: the test proves nothing"
+    assert totals(out)["failed_requests"] == 0
+    assert outputs(out) == healthy[provider][0]
+
+
 @pytest.mark.parametrize("fault", ["html200:2", "emptychoices:2", "error200:2"])
 def test_bad_replies_are_backfilled_within_the_run(tmp_path, fault):
     out = tmp_path / "o"

@@ -65,19 +65,6 @@ def test_api_raises_typed_errors_and_never_prints(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # nothing was written before the provider check
 
 
-def test_generate_hands_the_callers_objects_back_to_the_garbage_collector(tmp_path):
-    """generate() keeps the objects that exist when it starts out of full GC passes (gc.freeze);
-    after it returns or raises, nothing of the caller's stays frozen (uncollectable)."""
-    import gc
-
-    with pytest.raises(ProviderUnavailable):
-        datakeg.generate(TESTDOC, tmp_path / "o", provider="openai", base_url="http://127.0.0.1:9/v1")
-    assert gc.get_freeze_count() == 0
-    with FakeLLMServer() as srv:
-        datakeg.generate(TESTDOC / "README.md", tmp_path / "p", provider="openai", base_url=srv.url, pairs_per_1k=2)
-    assert gc.get_freeze_count() == 0
-
-
 def test_callbacks_receive_progress(tmp_path):
     events = []
 
