@@ -66,10 +66,12 @@ def per_file_stems(out: Path) -> list[str]:
     return sorted(stems)
 
 
-def has_per_file_outputs(out: Path) -> bool:
-    """Whether OUT holds any per-file output to rebuild the merged files from."""
+def has_per_file_outputs(out: Path, stems: list[str] | None = None) -> bool:
+    """Whether OUT holds any per-file output to rebuild the merged files from (``stems``: those of
+    :func:`per_file_stems`, when the caller has them already)."""
     out = Path(out)
-    return any(per_file_path(out, stem, split).exists() for stem in per_file_stems(out) for split in SPLITS)
+    stems = per_file_stems(out) if stems is None else stems
+    return any(per_file_path(out, stem, split).exists() for stem in stems for split in SPLITS)
 
 
 def merge(out: Path) -> dict[str, int]:
@@ -84,7 +86,7 @@ def merge(out: Path) -> dict[str, int]:
 
     out = Path(out)
     stems = per_file_stems(out)
-    if not has_per_file_outputs(out):
+    if not has_per_file_outputs(out, stems):
         listed = (f" ({MANIFEST} lists {len(stems)} file(s), but none of their outputs exist)"
                   if stems else "")
         raise ConfigError(
