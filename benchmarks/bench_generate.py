@@ -17,7 +17,9 @@ Shapes:
           page, a README, a .rst.txt), at --pairs-per-1k 3
   many    500 small generated documents (600-1,500 characters each)
 
-The limit is requests x latency / concurrency: what a client that never waits on itself would take.
+The limit is the larger of requests x latency / concurrency and the planned chain of requests that
+must follow one another x latency: what a client that never waits on itself would take. The run
+limit puts the chain the run actually had (manifest ``request_chain``) in place of the planned one.
 """
 
 from __future__ import annotations
@@ -221,31 +223,54 @@ def chain_length(corpus: Path, settings: dict) -> tuple[int, int]:
 
 
 def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Path, spares: list[float]) -> None:
-    print(f"fake server latency {latency * 1000:.0f} ms per request (the many-documents shape: a quarter of it)")
-    print("limit = max(requests x latency / concurrency, longest chain of dependent requests x latency)\n")
+    print(f"fake server latency {latency * 1000:.0f} ms per request (the many-documents shape at concurrency 1: a "
+          "quarter of it, so that its 1,500 requests take 80 s, not 5 minutes)")
+    print("limit = max(requests x latency / concurrency, planned chain x latency): the planned chain is the most "
+          "requests the plan makes follow one another")
+    print("chain: the most requests that did follow one another in the run (manifest request_chain: the plan's, plus "
+          "asking again after a short reply, the duplicate check's and the leakage audit's backfill)")
+    print("run limit = max(requests x latency / concurrency, chain x latency): what no client could beat with these "
+          "replies\n")
     print("spares: --spares (rows with spares other than 0 are run at concurrency > 1 only)")
     print("extra: requests beyond the plan (backfill after the duplicate check and the leakage audit)\n")
-    print(f"{'shape':<8} {'conc.':>5} {'spares':>6} {'requests':>8} {'extra':>5} {'wall s':>7} {'limit s':>7} "
-          f"{'wall/limit':>10} {'pairs':>6} {'prompt tok/pair':>15} {'compl. tok/pair':>15} {'largest prompt':>14} "
+    print(f"{'shape':<8} {'conc.':>5} {'lat. ms':>7} {'spares':>6} {'requests':>8} {'extra':>5} {'wall s':>7} "
+          f"{'limit s':>7} {'wall/limit':>10} {'chain':>5} {'wall/run limit':>14} {'pairs':>6} {'prompt tok/pair':>15} "
+          f"{'compl. tok/pair':>15} {'largest prompt':>14} "
           f"{'prefix share':>12} {'cached/prompt':>13} {'client CPU s/1k pairs':>21}")
-    for name, (corpus, settings, lat_factor) in shapes.items():
-        lat = latency * lat_factor
+    for name, (corpus, settings, c1_factor) in shapes.items():
         # warm-up: imports, and the fake server's replies for these excerpts, are not the run
         warm_up(corpus, 8, work, **settings)
-        chain, planned = chain_length(corpus, settings)
+        planned_chain, planned = chain_length(corpus, settings)
         for c in concurrencies:
+            lat = latency * (c1_factor if c == 1 else 1.0)
             for sp in spares:
                 if sp and c == 1:
                     continue
                 m, wall, cpu, _ = run_generate(corpus, lat, c, work, spares=sp, **settings)
                 t = m["totals"]
-                limit = max(t["requests"] * lat / c, chain * lat)
+                limit = max(t["requests"] * lat / c, planned_chain * lat)
+                run_limit = max(t["requests"] * lat / c, t["request_chain"] * lat)
                 pairs = sum(t["delivered"].values())
-                print(f"{name:<8} {c:>5} {sp:>6g} {t['requests']:>8} {t['requests'] - planned:>5} {wall:>7.2f} "
-                      f"{limit:>7.2f} {wall / limit:>9.2f}x {pairs:>6} {t['prompt_tokens'] / pairs:>15.0f} "
+                print(f"{name:<8} {c:>5} {lat * 1000:>7.0f} {sp:>6g} {t['requests']:>8} {t['requests'] - planned:>5} "
+                      f"{wall:>7.2f} {limit:>7.2f} {wall / limit:>9.2f}x {t['request_chain']:>5} "
+                      f"{wall / run_limit:>13.2f}x {pairs:>6} {t['prompt_tokens'] / pairs:>15.0f} "
                       f"{t['completion_tokens'] / pairs:>15.0f} {t['max_prompt_tokens']:>14,} "
                       f"{t['prompt_prefix_share']:>12.2f} {(t['cached_prompt_tokens'] or 0) / t['prompt_tokens']:>13.2f} "
                       f"{cpu / pairs * 1000:>21.2f}", flush=True)
+
+
+def client_table(corpus: Path, work: Path) -> None:
+    """How many requests a second the client itself gets through: the 500-document shape at 50 ms per
+    request, where 32 slots ask for 640 a second, on the cores the fake server uses too."""
+    warm_up(corpus, 32, work)
+    print(f"\n{'client (500 documents, 50 ms)':<30} {'conc.':>5} {'requests':>8} {'wall s':>7} {'limit s':>7} "
+          f"{'wall/limit':>10} {'requests/s':>10} {'client CPU ms/request':>21}")
+    for c in (8, 32):
+        m, wall, cpu, _ = run_generate(corpus, 0.05, c, work)
+        n = m["totals"]["requests"]
+        limit = n * 0.05 / c
+        print(f"{'':<30} {c:>5} {n:>8} {wall:>7.2f} {limit:>7.2f} {wall / limit:>9.2f}x {n / wall:>10.0f} "
+              f"{cpu / n * 1000:>21.2f}", flush=True)
 
 
 def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: int, work: Path) -> None:
@@ -306,10 +331,12 @@ def main(argv=None) -> int:
         if "skewed" in args.shapes:
             shapes["skewed"] = (make_skewed(work / "skewed"), {"pairs_per_1k": 3}, 1.0)
         if "many" in args.shapes:
-            shapes["many"] = (make_many(work / "many"), {}, 0.25)
+            shapes["many"] = (make_many(work / "many"), {}, 0.25)  # a quarter of the latency at concurrency 1
         print(f"corpus shape: {args.corpus}")
         if not args.endpoints:
             speed_table(shapes, args.concurrency, args.latency, work, args.spares)
+        if not args.endpoints and "many" in shapes:
+            client_table(shapes["many"][0], work)
         first = next(iter(shapes.values()))
         endpoints_table(first[0], first[1], args.latency, 8, work)
         if not args.endpoints and "corpus" in shapes:

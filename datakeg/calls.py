@@ -18,14 +18,17 @@ once one is raised, every later call raises it too.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from datakeg.errors import BudgetExhausted, ProviderRequestError, ProviderUnavailable
 from datakeg.journal import Journal, request_key
 from datakeg.prompts import PROMPT_VERSION
 from datakeg.providers.base import ChatRequest, Completion, Provider
+from datakeg.workers import current_priority
 
 COOLDOWN = 5.0  # seconds an endpoint that keeps failing gets no new requests (doubles while it fails)
 
@@ -53,6 +56,7 @@ class RunStats:
     max_pairs_asked: int = 0
     prompt_chars: int = 0  # characters of the prompts sent ...
     prefix_chars: int = 0  # ... of which repeat the start of an earlier prompt for the same chunk
+    chain_after: int = 0  # requests that followed every document's, one after the other (paraphrases)
 
 
 @dataclass
@@ -78,6 +82,19 @@ class Endpoint:
                 "requests": self.requests, "failed": self.failed, **({"refused": True} if self.refused else {})}
 
 
+@dataclass(order=True)
+class _Waiter:
+    """A request waiting for a slot: ordered by priority (lower first), then arrival."""
+
+    priority: float
+    seq: int
+    tried: set = field(compare=False)
+    first: bool = field(compare=False)
+    granted: Endpoint | None = field(default=None, compare=False)
+    error: BaseException | None = field(default=None, compare=False)
+    event: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
 def _common_prefix(a: str, b: str) -> int:
     n = min(len(a), len(b))
     lo, hi = 0, n
@@ -100,7 +117,8 @@ class Caller:
         self.limits = limits
         self.stats = RunStats()
         self.lock = threading.Lock()
-        self.free = threading.Condition(self.lock)
+        self._waiters: list[_Waiter] = []  # requests waiting for a slot, most urgent first
+        self._seq = itertools.count()
         self.on_request = on_request
         self.stopped: BaseException | None = None
         self.identity = self.provider.fingerprint()
@@ -114,7 +132,7 @@ class Caller:
         with self.lock:
             if self.stopped is None:
                 self.stopped = exc
-            self.free.notify_all()
+            self._dispatch()
 
     def _budget_check(self) -> None:
         st, lim = self.stats, self.limits
@@ -139,34 +157,74 @@ class Caller:
                            schema=request.schema, messages=request.messages, ordinal=ordinal)
 
     # -- endpoints --------------------------------------------------------------------------
-    def _acquire(self, tried: set[int], first: bool) -> Endpoint:
-        """The least busy endpoint with a free slot that this request has not tried (healthy ones
-        first). Waits for a slot; checks the budget and counts the request (under the lock)."""
-        with self.free:
-            while True:
-                if self.stopped is not None:
-                    raise self.stopped
-                now = time.monotonic()
-                open_ = [e for k, e in enumerate(self.endpoints)
-                         if k not in tried and not e.refused and e.inflight < e.capacity]
-                healthy = [e for e in open_ if e.down_until <= now]
-                all_down = all(e.down_until > now for k, e in enumerate(self.endpoints) if k not in tried)
-                if all(e.refused for k, e in enumerate(self.endpoints) if k not in tried):
-                    raise ProviderUnavailable("every model server refused this run's requests",
+    def _choose(self, tried: set[int], now: float, free: dict[int, int]) -> Endpoint | None:
+        """The least busy endpoint with a free slot (``free``: slots left per endpoint) that a
+        request has not tried, healthy ones first; None when none has one."""
+        open_ = [k for k, e in enumerate(self.endpoints) if k not in tried and not e.refused and free[k] > 0]
+        healthy = [k for k in open_ if self.endpoints[k].down_until <= now]
+        all_down = all(e.down_until > now for k, e in enumerate(self.endpoints) if k not in tried)
+        pool = healthy or (open_ if all_down else [])
+        if not pool:
+            return None
+        k = min(pool, key=lambda k: ((self.endpoints[k].capacity - free[k]) / self.endpoints[k].capacity, k))
+        return self.endpoints[k]
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiting requests, most urgent first (under the lock). A request that
+        cannot be sent (the run stopped, every endpoint refused, the budget is spent) is woken
+        with the reason."""
+        if not self._waiters:
+            return
+        now = time.monotonic()
+        free = {k: e.capacity - e.inflight for k, e in enumerate(self.endpoints)}
+        waiting = []
+        for w in self._waiters:
+            if self.stopped is not None:
+                w.error = self.stopped
+            elif all(e.refused for k, e in enumerate(self.endpoints) if k not in w.tried):
+                w.error = ProviderUnavailable("every model server refused this run's requests",
                                               "See the messages above; fix the key or the servers and rerun.")
-                pool = healthy or (open_ if all_down else [])
-                if pool:
-                    ep = min(pool, key=lambda e: (e.inflight / e.capacity, self.endpoints.index(e)))
-                    if first:
+            else:
+                ep = self._choose(w.tried, now, free) if any(v > 0 for v in free.values()) else None
+                if ep is None:
+                    waiting.append(w)
+                    continue
+                if w.first:
+                    try:
                         self._budget_check()
-                        self.stats.requests += 1
-                    ep.inflight += 1
-                    ep.requests += 1
-                    return ep
-                self.free.wait(0.25)
+                    except BudgetExhausted as exc:
+                        w.error = exc
+                        w.event.set()
+                        continue
+                    self.stats.requests += 1
+                free[self.endpoints.index(ep)] -= 1
+                ep.inflight += 1
+                ep.requests += 1
+                w.granted = ep
+            w.event.set()
+        self._waiters = waiting
+
+    def _acquire(self, tried: set[int], first: bool) -> Endpoint:
+        """A slot on the least busy endpoint with a free one that this request has not tried
+        (healthy ones first). Waits for it: free slots go to the most urgent waiting request first
+        (the priority of the pool task that asks, see :mod:`datakeg.workers`), so more requests
+        can be ready than there are slots without the critical path queueing behind the rest.
+        Checks the budget and counts the request when it gets its slot."""
+        w = _Waiter(current_priority(), next(self._seq), tried, first)
+        with self.lock:
+            if self.stopped is not None:
+                raise self.stopped
+            bisect.insort(self._waiters, w)
+            self._dispatch()
+        while not w.event.wait(0.25):  # a drained endpoint's cooldown may be over: look again
+            with self.lock:
+                self._dispatch()
+        if w.error is not None:
+            raise w.error
+        return w.granted
 
     def _release(self, ep: Endpoint, ok: bool) -> None:
-        with self.free:
+        with self.lock:
             ep.inflight -= 1
             if ok:
                 ep.streak = 0
@@ -176,7 +234,7 @@ class Caller:
                 ep.streak += 1
                 if ep.streak >= 2 and len(self.endpoints) > 1:
                     ep.down_until = time.monotonic() + COOLDOWN * 2 ** min(ep.streak - 2, 4)
-            self.free.notify_all()
+            self._dispatch()
 
     # -- one call ---------------------------------------------------------------------------
     def call(self, request: ChatRequest, ordinal: int, pairs_asked: int = 0, chunk: str | None = None) -> Reply:
@@ -202,15 +260,16 @@ class Caller:
             except ProviderUnavailable as exc:
                 # one server of several refusing the key (or gone for good) is drained for the rest of
                 # the run; only when none is left does the run stop
-                with self.free:
+                with self.lock:
                     ep.inflight -= 1
                     ep.failed += 1
                     ep.down_until = float("inf")
                     ep.refused = True
                     left = [e for e in self.endpoints if not e.refused]
-                    self.free.notify_all()
+                    if not left and self.stopped is None:
+                        self.stopped = exc  # before any waiting request is woken: they all stop with it
+                    self._dispatch()
                 if not left:
-                    self.stop(exc)
                     raise
                 error = exc.message
                 continue
@@ -218,6 +277,12 @@ class Caller:
                 self._release(ep, ok=False)
                 self.stop(exc)
                 raise
+            # the tokens count before the slot is handed on, so the next request's budget check sees them
+            with self.lock:
+                st = self.stats
+                st.prompt_tokens += reply.prompt_tokens
+                st.completion_tokens += reply.completion_tokens
+                st.cost += reply.cost or 0.0
             self._release(ep, ok=True)
             break
         else:
@@ -230,10 +295,7 @@ class Caller:
         with self.lock:
             st = self.stats
             st.max_pairs_asked = max(st.max_pairs_asked, pairs_asked)
-            st.prompt_tokens += reply.prompt_tokens
-            st.completion_tokens += reply.completion_tokens
             st.max_prompt_tokens = max(st.max_prompt_tokens, reply.prompt_tokens)
-            st.cost += reply.cost or 0.0
             if reply.cached_tokens is not None:
                 st.cached_tokens = (st.cached_tokens or 0) + reply.cached_tokens
             if chunk is not None:

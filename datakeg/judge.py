@@ -124,6 +124,7 @@ class Judge:
             ordinal = [*slot.where, slot.asked[prompt_id]]
             slot.asked[prompt_id] += 1
             slot.judge_calls += 1
+            slot.chain += 1
             reply = self.caller.call(request, ordinal, 0)
             if reply.text is None:
                 error = reply.error

@@ -90,6 +90,9 @@ def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: Ru
             "cached_prompt_tokens": stats.cached_tokens,
             "prompt_prefix_share": round(stats.prefix_chars / stats.prompt_chars, 3) if stats.prompt_chars else None,
             "max_prompt_tokens": stats.max_prompt_tokens, "max_pairs_asked": stats.max_pairs_asked,
+            # the most requests that had to follow one another (each waited for the one before): at
+            # latency L per request, no --concurrency makes the run shorter than this x L
+            "request_chain": max((r.chain for r in results if r is not None), default=0) + stats.chain_after,
             "cost_usd": round(stats.cost, 6) if stats.cost else None,
             "seconds": round(time.time() - started, 1),
         },

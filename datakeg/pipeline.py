@@ -14,6 +14,7 @@ state than its per-file files.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from datakeg.targets import SPLITS
 from datakeg.workers import PriorityPool
 from datakeg.writers import MANIFEST, REJECTS, atomic_write_json, atomic_write_jsonl, merge, per_file_path
 
+READY_SHARE = 1.0  # chunk workers beyond the request slots, as a share of them
 LEAKAGE_ROUNDS = 3  # audit -> backfill -> audit ... at most this many times
 MANIFEST_EVERY = 5.0  # seconds between manifest updates while documents finish
 STOP_GRACE = 10.0  # seconds a stopped run waits for requests in flight before it exits
@@ -107,8 +109,10 @@ class Generator:
         for w in plan.warnings:
             self.cb.on_warning(w)
         slots = self.caller.concurrency  # request slots over all endpoints
-        # chunk work runs longest chain of requests first (see DocumentRunner.priority)
-        chunk_pool = PriorityPool(slots, "datakeg-chunk")
+        # chunk work runs longest chain of requests first (see DocumentRunner.priority); more chunk
+        # workers than slots, so that a request is ready whenever a slot frees (while a worker checks
+        # its reply and writes its next prompt, another sends); slots go to the most urgent first
+        chunk_pool = PriorityPool(slots + math.ceil(READY_SHARE * slots), "datakeg-chunk")
         # documents only orchestrate (their requests go through the chunk pool and the call slots),
         # so more of them in flight keeps every request slot busy while some wait between rounds
         doc_pool = PriorityPool(4 * slots, "datakeg-doc")
@@ -216,6 +220,7 @@ class Generator:
             return qs, self.caller.call(request, ["paraphrase", d, i, start], chunk=f"{res.plan.doc.relpath}#{i}")
 
         replies = [f.result() for f in [pool.submit(ask, *job) for job in jobs]]
+        self.stats.chain_after += 1 if jobs else 0  # they wait for every document, side by side
         self._paraphrase_rejects = []
         dropped: Counter = Counter()
         taken = {d: {normalize_question(p.question) for s in res.slots for sp in SPLITS for p in s[sp].pairs}
@@ -363,19 +368,22 @@ class Generator:
             # timing (the splits of one chunk in split order, in one task: each reads the chunk's
             # other splits; each chunk's calls are numbered on its own)
             snapshot = {(k, i): self.runner.others(results[k], i, SPLITS) for (k, i, _) in drop}
+            start = max(res.chain for res in results)  # the backfill waits for every document
 
-            def refill_chunk(k: int, i: int, drop=drop, avoid=avoid, snapshot=snapshot) -> None:
+            def refill_chunk(k: int, i: int, drop=drop, avoid=avoid, snapshot=snapshot, start=start) -> None:
                 for sp in SPLITS:
                     if (k, i, sp) in drop:
+                        results[k].wait_for(i, sp, start)
                         self.runner.refill(results[k], i, sp, avoid[(k, i, sp)], self.settings.max_attempts,
                                            snapshot[(k, i)])
+                        start = results[k].slots[i][sp].chain
 
             for f in [pool.submit(refill_chunk, k, i) for (k, i) in sorted({(k, i) for k, i, _ in drop})]:
                 f.result()
             # chunks of one document refilled side by side may have written the same new question:
             # the round's deterministic pass in chunk order settles it, as after a split round
-            for k, sp in sorted({(k, sp) for k, _, sp in drop}):
-                self.runner.reconcile(results[k], sp, pool)
+            for k, sp in sorted({(k, sp) for k, _, sp in drop}):  # one after the other
+                self.runner.reconcile(results[k], sp, pool, after=max(res.chain for res in results))
             with self.lock:
                 for k in sorted({k for k, _, _ in drop}):
                     self._write_document(results[k])

@@ -11,6 +11,7 @@ each, so it cannot forge lines of instructions either. The system prompt says al
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 from datakeg.records import Pair
 
@@ -36,7 +37,7 @@ _LANG_NAMES = {
 def detect_language(text: str) -> str:
     """Name of the language ``text`` is written in (py3langid; English for too little text)."""
     sample = text[:20000]
-    if sum(ch.isalpha() for ch in sample) < 40:
+    if next(itertools.islice(filter(str.isalpha, sample), 39, None), None) is None:  # under 40 letters
         return "English"
     import py3langid
 

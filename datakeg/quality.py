@@ -22,6 +22,7 @@ function characters is left out).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -230,6 +231,11 @@ class Grounding:
             return 1.0
         hits = sum(1 for u in units if _matches(u, self.words, self.prefixes))
         return hits / len(units)
+
+
+# a chunk is checked against in every split round and refill: its vocabulary is worked out once
+# (bounded: the chunks of the documents in flight)
+grounding_for = functools.lru_cache(maxsize=256)(Grounding)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from datakeg.parsing import ParseError, pairs_schema, parse_pairs
 from datakeg.planning import TOKENS_PER_PAIR, DocPlan, batches, spare_pairs
 from datakeg.prompts import avoid_list, build_messages
 from datakeg.providers.base import ChatRequest
-from datakeg.quality import Gate, Grounding, normalize_question
+from datakeg.quality import Gate, grounding_for, normalize_question
 from datakeg.records import Pair, Reject
 from datakeg.settings import Settings
 from datakeg.targets import SPLITS
@@ -47,6 +47,9 @@ class Slot:
     # (duplicate check, leakage audit) without a request; unused ones are discarded
     reserve: list[Pair] = field(default_factory=list)
     spares_used: int = 0
+    # requests that had to follow one another up to this slot's latest one: its own, one after the
+    # other, and those of the rounds and passes it waited for (see DocResult.chain)
+    chain: int = 0
 
 
 @dataclass
@@ -60,6 +63,17 @@ class DocResult:
 
     def pairs(self, split: str) -> list[Pair]:
         return [p for s in self.slots for p in s[split].pairs]
+
+    @property
+    def chain(self) -> int:
+        """The longest chain of requests (replayed ones included) that had to follow one another in
+        this document: at latency L per request, no concurrency gets it done in less than chain x L."""
+        return max((s[sp].chain for s in self.slots for sp in SPLITS), default=0)
+
+    def wait_for(self, i: int, split: str, chain: int) -> None:
+        """Chunk ``i``'s next request for ``split`` follows a chain of ``chain`` requests."""
+        slot = self.slots[i][split]
+        slot.chain = max(slot.chain, chain)
 
     @property
     def delivered(self) -> dict[str, int]:
@@ -109,6 +123,7 @@ class DocumentRunner:
         ordinal = [*slot.where, slot.asked[prompt_id]]
         slot.asked[prompt_id] += 1
         slot.calls += 1
+        slot.chain += 1
         reply = self.caller.call(request, ordinal, count, chunk=f"{dp.doc.relpath}#{i}")
         where = dict(source=dp.doc.relpath, chunk=chunk.index, split=split)
         if reply.text is None:
@@ -135,7 +150,7 @@ class DocumentRunner:
         want = dp.targets[i][split]
         spare = spare_pairs(want, s.spares)
         chunk = dp.chunks[i]
-        grounding = Grounding(chunk.text)
+        grounding = grounding_for(chunk.text)
         made = 0
         progress = False
         # ``max_calls`` requests, and more as long as each one adds usable pairs (a model that keeps
@@ -248,6 +263,9 @@ class DocumentRunner:
 
         for r, split in enumerate(SPLITS):
             earlier = SPLITS[:r]
+            start = res.chain  # every request of the round waits for the earlier rounds
+            for i in range(n):
+                res.wait_for(i, split, start)
 
             def work(i: int, split: str = split, earlier: tuple = earlier) -> None:
                 if dp.targets[i][split] == 0:
@@ -270,11 +288,12 @@ class DocumentRunner:
             self.reconcile(res, split, pool, priority - 1e9)  # a refill is one more link
         return res
 
-    def reconcile(self, res: DocResult, split: str, pool, priority: float = 0.0) -> None:
+    def reconcile(self, res: DocResult, split: str, pool, priority: float = 0.0, after: int = 0) -> None:
         """Near duplicates between the chunks of one round go (a deterministic pass in chunk order),
         then the chunks that lost pairs ask again, in parallel, each against the same snapshot of
         the document's questions; the new pairs are checked the same way, up to ``max_attempts``
-        passes. Nothing depends on which request finishes first."""
+        passes. Nothing depends on which request finishes first. ``after``: the chain of requests
+        the pass also waits for beyond this document (see :attr:`DocResult.chain`)."""
         s = self.settings
         n = len(res.slots)
         earlier = SPLITS[:SPLITS.index(split)]
@@ -308,6 +327,9 @@ class DocumentRunner:
             if not lost or attempt == s.max_attempts:
                 return
             snapshot = {i: self.others(res, i, SPLITS) for i in lost}
+            start = max(res.chain, after)  # the pass waits for the whole round (``after``: and more)
+            for i in lost:
+                res.wait_for(i, split, start)
             futures = [pool.submit(self.refill, res, i, split, [], 1, snapshot[i], priority=priority - 0.5)
                        for i in lost]
             for f in futures:

@@ -14,6 +14,14 @@ import queue
 import threading
 from concurrent.futures import Future
 
+_local = threading.local()
+
+
+def current_priority() -> float:
+    """The priority of the pool task this thread is running (0.0 outside a pool): the model call
+    slots go to the most urgent waiting request first (see :class:`datakeg.calls.Caller`)."""
+    return getattr(_local, "priority", 0.0)
+
 
 class PriorityPool:
     def __init__(self, workers: int, name: str = "datakeg-worker"):
@@ -31,11 +39,12 @@ class PriorityPool:
 
     def _work(self) -> None:
         while True:
-            _, _, fn, args, kwargs, fut = self._queue.get()
+            priority, _, fn, args, kwargs, fut = self._queue.get()
             if fn is None:
                 return
             if not fut.set_running_or_notify_cancel():
                 continue
+            _local.priority = priority
             try:
                 fut.set_result(fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread

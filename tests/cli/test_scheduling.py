@@ -137,3 +137,80 @@ def test_spares_keep_the_output_independent_of_concurrency_and_a_rerun_pays_noth
             assert _gen(srv, src, out, "-c", c, "--spares", "0.1", "--chunk-size", "600").exit_code == 0
             assert srv.requests == []
     assert outs["1"] == outs["8"]
+
+
+def test_a_free_request_slot_goes_to_the_most_urgent_waiting_request(tmp_path):
+    """More workers than request slots: while the only slot is busy, requests of priority 5, 3
+    and 1 start waiting for it, in that order. The server must receive them most urgent first
+    (1, 3, 5), not in the order they started waiting."""
+    import threading
+    import time
+
+    from datakeg.calls import Caller, Limits
+    from datakeg.journal import Journal
+    from datakeg.providers.base import ChatRequest
+    from datakeg.providers.openai_compat import OpenAICompatProvider
+    from datakeg.workers import PriorityPool
+
+    with FakeLLMServer(latency=0.3) as srv:
+        provider = OpenAICompatProvider(model="fake-model", base_url=srv.url)
+        caller = Caller(provider, Journal(tmp_path), Limits(), 1, lambda *_: None)
+        pool = PriorityPool(4)
+        waiting = threading.Semaphore(0)
+
+        def ask(name: str):
+            waiting.release()
+            request = ChatRequest([{"role": "user", "content": f"Document: {name}\nfor the train set"}],
+                                  temperature=0.0)
+            return caller.call(request, 0)
+
+        futures = [pool.submit(ask, "first", priority=0)]
+        waiting.acquire()
+        time.sleep(0.05)  # "first" holds the slot
+        for name, priority in (("five", 5), ("three", 3), ("one", 1)):
+            futures.append(pool.submit(ask, name, priority=priority))
+            waiting.acquire()
+            time.sleep(0.05)  # each one is waiting for the slot before the next is submitted
+        assert all(f.result().text is not None for f in futures)
+        pool.shutdown()
+        provider.close()
+        order = [_DOC.search(_prompt(r)).group(1) for r in sorted(srv.requests, key=lambda r: r["at"])]
+    assert order == ["first", "one", "three", "five"]
+
+
+_SECTION = re.compile(r"Section: (.*)")
+
+
+def test_the_manifest_reports_the_longest_chain_of_requests_that_followed_one_another(tmp_path):
+    """Counted on the server's own log. (1) Documents of one chunk each: all of a document's
+    requests follow one another (split after split, and again when a reply falls short: the
+    ``fewer`` fault), and documents run side by side, so the chain is the most requests one
+    document got. (2) One document of three chunks: chunks run side by side, so per split round
+    the chain grows by the most requests one chunk got, not by all of them."""
+    src = tmp_path / "one"
+    src.mkdir()
+    for k in range(3):
+        (src / f"d{k}.md").write_text(f"# Page {k}\n\n{_prose(30 + k, 14)}\n")
+    with FakeLLMServer(faults=["fewer:3"]) as srv:
+        assert _gen(srv, src, tmp_path / "o1", "-c", "4").exit_code == 0
+        per_doc = Counter(_DOC.search(_prompt(r)).group(1) for r in srv.requests if _SPLIT.search(_prompt(r)))
+        short = [r for r in srv.requests if "fewer" in r["faults"]]
+    m = json.loads((tmp_path / "o1" / "manifest.json").read_text())
+    assert short, "no reply fell short: the test proves nothing"
+    assert all(len(f["chunks"]) == 1 for f in m["files"]) and not m["leakage_audit"]["removed"]
+    assert max(per_doc.values()) > 3  # a short reply was asked again, after it
+    assert m["totals"]["request_chain"] == max(per_doc.values())
+
+    src = tmp_path / "three"
+    src.mkdir()
+    (src / "big.md").write_text("\n\n".join(f"## Part {k}\n\n{_prose(40 + k, 6)}" for k in range(3)) + "\n")
+    with FakeLLMServer(jitter=0.01) as srv:
+        assert _gen(srv, src, tmp_path / "o2", "-c", "8", "--chunk-size", "600", "--batch-size", "2",
+                    "--pairs-per-1k", "15").exit_code == 0
+        per_round = Counter((_SECTION.search(_prompt(r)).group(1), _SPLIT.search(_prompt(r)).group(1))
+                            for r in srv.requests if _SPLIT.search(_prompt(r)))
+    m = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    assert len(m["files"][0]["chunks"]) == 3 and not m["totals"]["dropped"]  # no refill after a round
+    chain = sum(max(n for (_, sp), n in per_round.items() if sp == split) for split in ("train", "valid", "test"))
+    assert m["totals"]["request_chain"] == chain < m["totals"]["requests"]
+    assert max(n for (_, sp), n in per_round.items() if sp == "train") >= 2  # batches of one chunk in a row
