@@ -39,6 +39,7 @@ class JudgeCaller(Caller):
         # its own endpoint (the judge's server, with the run's per-server concurrency); journal,
         # budget, stats and the slot lock are the parent's
         self.endpoints = [Endpoint(provider, parent.endpoints[0].capacity)]
+        self._waiters = []  # requests waiting for a slot of the judge's own endpoint (not the parent's)
         self.identity = {**provider.fingerprint(), "role": "judge"}
 
     @property
@@ -51,6 +52,8 @@ class JudgeCaller(Caller):
 
     def stop(self, exc: BaseException) -> None:
         self.parent.stop(exc)
+        with self.lock:
+            self._dispatch()  # the judge's waiting requests stop too
 
     def key(self, request: ChatRequest, ordinal: int) -> str:
         return "judge:" + super().key(request, ordinal)

@@ -34,7 +34,7 @@ from datakeg.targets import SPLITS
 from datakeg.workers import PriorityPool
 from datakeg.writers import MANIFEST, REJECTS, atomic_write_json, atomic_write_jsonl, merge, per_file_path
 
-READY_SHARE = 1.0  # chunk workers beyond the request slots, as a share of them
+READY_SHARE, READY_MAX = 1.0, 32  # chunk workers beyond the request slots: a share of them, at most this many
 LEAKAGE_ROUNDS = 3  # audit -> backfill -> audit ... at most this many times
 MANIFEST_EVERY = 5.0  # seconds between manifest updates while documents finish
 STOP_GRACE = 10.0  # seconds a stopped run waits for requests in flight before it exits
@@ -112,7 +112,7 @@ class Generator:
         # chunk work runs longest chain of requests first (see DocumentRunner.priority); more chunk
         # workers than slots, so that a request is ready whenever a slot frees (while a worker checks
         # its reply and writes its next prompt, another sends); slots go to the most urgent first
-        chunk_pool = PriorityPool(slots + math.ceil(READY_SHARE * slots), "datakeg-chunk")
+        chunk_pool = PriorityPool(slots + min(math.ceil(READY_SHARE * slots), READY_MAX), "datakeg-chunk")
         # documents only orchestrate (their requests go through the chunk pool and the call slots),
         # so more of them in flight keeps every request slot busy while some wait between rounds
         doc_pool = PriorityPool(4 * slots, "datakeg-doc")

@@ -114,3 +114,22 @@ def test_judge_options_need_a_judge_model(tmp_path):
     with FakeLLMServer() as srv:
         result = run(srv, tmp_path / "out", "--keep-scores", "-q")
     assert result.exit_code == 2 and "--judge-model" in result.output
+
+
+def test_judge_and_generation_requests_wait_for_their_own_servers_slots(small_testdoc, tmp_path):
+    """The judge on its own server, one request slot per server and more workers than slots, so
+    requests of both kinds wait for slots side by side: each server must get only its own kind
+    (a generation request handed a judge slot would be sent to the judge's server)."""
+    out = tmp_path / "out"
+    with FakeLLMServer(latency=0.02) as gen_srv, FakeLLMServer(latency=0.02) as judge_srv:
+        result = run(gen_srv, out, "--judge-model", "fake-model", "--judge-base-url", judge_srv.url, "-c", "1", "-q",
+                     src=small_testdoc)
+        assert result.exit_code == 0, result.output
+
+        def judging(r):
+            return "Rate each question-answer pair" in r["body"]["messages"][1]["content"]
+
+        assert judge_srv.requests and all(judging(r) for r in judge_srv.requests)
+        assert gen_srv.requests and not any(judging(r) for r in gen_srv.requests)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["judge"]["requests"] == len(judge_srv.requests)
