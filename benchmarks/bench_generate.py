@@ -2,7 +2,7 @@
 and two model servers, prompt economy, prefix-cache share, client CPU and memory. Prints tables;
 no assertions (see README, "Benchmarks").
 
-    python benchmarks/bench_generate.py                 # everything, about 6 minutes on 2 cores
+    python benchmarks/bench_generate.py                 # everything, about 9 minutes on 2 cores
     python benchmarks/bench_generate.py --shapes skewed --concurrency 8 32
     python benchmarks/bench_generate.py --memory-pairs 100000   # peak client memory at 100k pairs
 
