@@ -181,9 +181,11 @@ class Caller:
         for w in self._waiters:
             if self.stopped is not None:
                 w.error = self.stopped
-            elif all(e.refused for k, e in enumerate(self.endpoints) if k not in w.tried):
+            elif all(e.refused for e in self.endpoints):
                 w.error = ProviderUnavailable("every model server refused this run's requests",
                                               "See the messages above; fix the key or the servers and rerun.")
+            elif all(e.refused for k, e in enumerate(self.endpoints) if k not in w.tried):
+                pass  # a retry with no server left to try: it failed (woken with no slot); the run goes on
             else:
                 ep = self._choose(w.tried, now, free) if any(v > 0 for v in free.values()) else None
                 if ep is None:
@@ -204,7 +206,7 @@ class Caller:
             w.event.set()
         self._waiters = waiting
 
-    def _acquire(self, tried: set[int], first: bool) -> Endpoint:
+    def _acquire(self, tried: set[int], first: bool) -> Endpoint | None:
         """A slot on the least busy endpoint with a free one that this request has not tried
         (healthy ones first). Waits for it: free slots go to the most urgent waiting request first
         (the priority of the pool task that asks, see :mod:`datakeg.workers`), so more requests
@@ -221,7 +223,7 @@ class Caller:
                 self._dispatch()
         if w.error is not None:
             raise w.error
-        return w.granted
+        return w.granted  # None: every server it has not tried yet refused the key
 
     def _release(self, ep: Endpoint, ok: bool) -> None:
         with self.lock:
@@ -246,9 +248,12 @@ class Caller:
             return Reply(entry["text"], replayed=True)
         tried: set[int] = set()
         error = None
+        failed = True
         while len(tried) < len(self.endpoints) and not all(
                 e.refused for k, e in enumerate(self.endpoints) if k not in tried):
             ep = self._acquire(tried, first=not tried)
+            if ep is None:  # the servers it has not tried refused the key meanwhile: it failed
+                break
             tried.add(self.endpoints.index(ep))
             try:
                 reply: Completion = ep.provider.complete(request)
@@ -284,8 +289,9 @@ class Caller:
                 st.completion_tokens += reply.completion_tokens
                 st.cost += reply.cost or 0.0
             self._release(ep, ok=True)
+            failed = False
             break
-        else:
+        if failed:
             with self.lock:
                 self.stats.failed_requests += 1
             return Reply(None, error=error)

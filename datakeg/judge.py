@@ -127,8 +127,8 @@ class Judge:
             ordinal = [*slot.where, slot.asked[prompt_id]]
             slot.asked[prompt_id] += 1
             slot.judge_calls += 1
-            slot.chain += 1
             reply = self.caller.call(request, ordinal, 0)
+            slot.chain += 0 if reply.replayed else 1
             if reply.text is None:
                 error = reply.error
                 continue

@@ -112,7 +112,10 @@ class Generator:
         # chunk work runs longest chain of requests first (see DocumentRunner.priority); more chunk
         # workers than slots, so that a request is ready whenever a slot frees (while a worker checks
         # its reply and writes its next prompt, another sends); slots go to the most urgent first
-        chunk_pool = PriorityPool(slots + min(math.ceil(READY_SHARE * slots), READY_MAX), "datakeg-chunk")
+        # (not with a judge: its requests have slots of their own, on the same server by default, and
+        # together they must stay within --concurrency per server, as one worker per slot keeps them)
+        extra = 0 if self.runner.judge is not None else min(math.ceil(READY_SHARE * slots), READY_MAX)
+        chunk_pool = PriorityPool(slots + extra, "datakeg-chunk")
         # documents only orchestrate (their requests go through the chunk pool and the call slots),
         # so more of them in flight keeps every request slot busy while some wait between rounds
         doc_pool = PriorityPool(4 * slots, "datakeg-doc")
@@ -220,7 +223,8 @@ class Generator:
             return qs, self.caller.call(request, ["paraphrase", d, i, start], chunk=f"{res.plan.doc.relpath}#{i}")
 
         replies = [f.result() for f in [pool.submit(ask, *job) for job in jobs]]
-        self.stats.chain_after += 1 if jobs else 0  # they wait for every document, side by side
+        # they wait for every document, side by side (replayed ones take no time)
+        self.stats.chain_after += 1 if any(not reply.replayed for _, reply in replies) else 0
         self._paraphrase_rejects = []
         dropped: Counter = Counter()
         taken = {d: {normalize_question(p.question) for s in res.slots for sp in SPLITS for p in s[sp].pairs}

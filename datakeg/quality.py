@@ -234,7 +234,7 @@ class Grounding:
 
 
 # a chunk is checked against in every split round and refill: its vocabulary is worked out once
-# (bounded: the chunks of the documents in flight)
+# (at most 256 chunks kept, about as many as the documents in flight have)
 grounding_for = functools.lru_cache(maxsize=256)(Grounding)
 
 

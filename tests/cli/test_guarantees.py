@@ -359,6 +359,21 @@ def test_one_server_refusing_the_key_is_drained_not_fatal(tmp_path):
     assert m["totals"]["delivered"] == m["totals"]["target"] and m["endpoints"][0]["refused"] is True
 
 
+def test_a_retry_waiting_for_a_server_that_then_refuses_the_key_fails_alone(tmp_path):
+    """A request fails on server A (an HTML page) and waits for B's only slot; B then refuses the
+    key. A still answers, so that request has failed (a rerun retries it) and the run goes on: it
+    must not stop with "every model server refused"."""
+    with FakeLLMServer(faults=["html200"]) as a, FakeLLMServer(faults=["http401"], latency=0.3) as b:
+        result = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(tmp_path / "o"), "-p", "openai",
+                                          "--base-url", a.url, "--base-url", b.url, "-c", "1", "-q"])
+        retried = len(b.requests)
+    assert "every model server refused" not in result.output, result.output
+    assert result.exit_code == 4, result.output  # finished, short because requests failed
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["endpoints"][1]["refused"] is True and retried >= 1
+    assert m["totals"]["failed_requests"] > 0
+
+
 def test_a_stop_during_the_leakage_backfill_leaves_out_consistent(tmp_path):
     src = tmp_path / "docs"
     src.mkdir()
