@@ -66,8 +66,9 @@ class DocResult:
 
     @property
     def chain(self) -> int:
-        """The longest chain of requests (replayed ones included) that had to follow one another in
-        this document: at latency L per request, no concurrency gets it done in less than chain x L."""
+        """The longest chain of requests (replayed ones take no time and do not count) that had to
+        follow one another in this document: at latency L per request, no concurrency gets it done in
+        less than chain x L."""
         return max((s[sp].chain for s in self.slots for sp in SPLITS), default=0)
 
     def wait_for(self, i: int, split: str, chain: int) -> None:

@@ -117,9 +117,8 @@ def test_judge_options_need_a_judge_model(tmp_path):
 
 
 def test_judge_and_generation_requests_wait_for_their_own_servers_slots(small_testdoc, tmp_path):
-    """The judge on its own server, one request slot per server and more workers than slots, so
-    requests of both kinds wait for slots side by side: each server must get only its own kind
-    (a generation request handed a judge slot would be sent to the judge's server)."""
+    """The judge on its own server, one request slot per server: each server must get only its own
+    kind (a generation request handed a judge slot would be sent to the judge's server)."""
     out = tmp_path / "out"
     with FakeLLMServer(latency=0.02) as gen_srv, FakeLLMServer(latency=0.02) as judge_srv:
         result = run(gen_srv, out, "--judge-model", "fake-model", "--judge-base-url", judge_srv.url, "-c", "1", "-q",
@@ -133,3 +132,17 @@ def test_judge_and_generation_requests_wait_for_their_own_servers_slots(small_te
         assert gen_srv.requests and not any(judging(r) for r in gen_srv.requests)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["judge"]["requests"] == len(judge_srv.requests)
+
+
+def test_a_judge_on_the_generation_server_stays_within_its_concurrency(small_testdoc, tmp_path):
+    """By default the judge asks the generation server: judge and generation requests together must
+    never have more than --concurrency requests in flight there. Every request takes the server's
+    latency, so three arrivals within less than it means three were in flight at once."""
+    latency = 0.1
+    with FakeLLMServer(latency=latency) as srv:
+        result = run(srv, tmp_path / "out", "--judge-model", "fake-model", "-c", "2", "-q", src=small_testdoc)
+        assert result.exit_code == 0, result.output
+        arrivals = sorted(r["at"] for r in srv.requests)
+    assert any("Rate each question-answer pair" in r["body"]["messages"][1]["content"] for r in srv.requests)
+    assert len(arrivals) > 10
+    assert all(later - earlier >= 0.9 * latency for earlier, later in zip(arrivals, arrivals[2:]))
