@@ -19,7 +19,9 @@ Shapes:
 
 The limit is the larger of requests x latency / concurrency and the planned chain of requests that
 must follow one another x latency: what a client that never waits on itself would take. The run
-limit puts the chain the run actually had (manifest ``request_chain``) in place of the planned one.
+limit is what no client could beat with the run's replies: the larger of the whole waves of
+requests (each slot answers one request per latency, so N requests on C slots need ceil(N / C)
+latencies) and the chain the run actually had (manifest ``request_chain``), times the latency.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import random
 import shutil
 import socket
@@ -229,8 +232,8 @@ def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Pa
           "requests the plan makes follow one another")
     print("chain: the most requests that did follow one another in the run (manifest request_chain: the plan's, plus "
           "asking again after a short reply, the duplicate check's and the leakage audit's backfill)")
-    print("run limit = max(requests x latency / concurrency, chain x latency): what no client could beat with these "
-          "replies\n")
+    print("run limit = max(ceil(requests / concurrency), chain) x latency: what no client could beat with these "
+          "replies (each slot answers one request per latency: whole waves)\n")
     print("spares: --spares (rows with spares other than 0 are run at concurrency > 1 only)")
     print("extra: requests beyond the plan (backfill after the duplicate check and the leakage audit)\n")
     print(f"{'shape':<8} {'conc.':>5} {'lat. ms':>7} {'spares':>6} {'requests':>8} {'extra':>5} {'wall s':>7} "
@@ -249,7 +252,7 @@ def speed_table(shapes: dict, concurrencies: list[int], latency: float, work: Pa
                 m, wall, cpu, _ = run_generate(corpus, lat, c, work, spares=sp, **settings)
                 t = m["totals"]
                 limit = max(t["requests"] * lat / c, planned_chain * lat)
-                run_limit = max(t["requests"] * lat / c, t["request_chain"] * lat)
+                run_limit = max(math.ceil(t["requests"] / c), t["request_chain"]) * lat
                 pairs = sum(t["delivered"].values())
                 print(f"{name:<8} {c:>5} {lat * 1000:>7.0f} {sp:>6g} {t['requests']:>8} {t['requests'] - planned:>5} "
                       f"{wall:>7.2f} {limit:>7.2f} {wall / limit:>9.2f}x {t['request_chain']:>5} "

@@ -118,7 +118,8 @@ class Generator:
         chunk_pool = PriorityPool(slots + extra, "datakeg-chunk")
         # documents only orchestrate (their requests go through the chunk pool and the call slots),
         # so more of them in flight keeps every request slot busy while some wait between rounds
-        doc_pool = PriorityPool(4 * slots, "datakeg-doc")
+        # (never more threads than documents: starting one costs about 0.1 ms)
+        doc_pool = PriorityPool(min(4 * slots, len(plan.docs)), "datakeg-doc")
 
         def one(k: int) -> None:
             res = self.runner.run(plan.docs[k], chunk_pool)

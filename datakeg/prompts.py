@@ -34,9 +34,16 @@ _LANG_NAMES = {
 }
 
 
+LANGUAGE_WINDOW = 2000
+
+
 def detect_language(text: str) -> str:
-    """Name of the language ``text`` is written in (py3langid; English for too little text)."""
-    sample = text[:20000]
+    """Name of the language ``text`` is written in (py3langid; English for too little text). A long
+    text is judged by three 2,000-character windows (its start, a third and two thirds in) rather
+    than by all of it: py3langid walks every byte in Python, 3-5 ms for 20,000 characters, and
+    planning a big corpus should not wait on that."""
+    n = LANGUAGE_WINDOW
+    sample = text if len(text) <= 3 * n else "\n".join(text[k:k + n] for k in (0, len(text) // 3, 2 * len(text) // 3))
     if next(itertools.islice(filter(str.isalpha, sample), 39, None), None) is None:  # under 40 letters
         return "English"
     import py3langid

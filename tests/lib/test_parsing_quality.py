@@ -49,6 +49,31 @@ def test_dedupe_exact_near_and_distinct():
     assert gate.check(Pair("Which option prints JSON output ?", "--json"), grounding, batch) == "duplicate"
 
 
+@pytest.mark.parametrize("threshold", [80, 90, 95])
+def test_duplicate_check_against_accepted_questions_is_token_sort_ratio(threshold):
+    """The accepted questions are compared with their words sorted once (see Gate._sorted); the
+    verdicts must be rapidfuzz's token_sort_ratio's, word order and near misses included."""
+    import random
+
+    from rapidfuzz import fuzz
+
+    rng = random.Random(threshold)
+    words = ["install", "tallyho", "from", "pypi", "which", "python", "version", "does", "need", "option",
+             "prints", "json", "output", "über", "straße", "日本語", "中文", "x1", "10", "a_b", "configure"]
+    accepted = [normalize_question(" ".join(rng.choices(words, k=rng.randint(3, 9)))) for _ in range(60)]
+    gate = Gate(dedupe_threshold=threshold, accepted=accepted[:30])
+    for q in accepted[30:]:
+        gate.accept(q)
+    probes = ([" ".join(rng.sample(q.split(), len(q.split()))) for q in accepted[:40]]  # reordered words
+              + [q.replace(rng.choice(q.split()), rng.choice(words), 1) for q in accepted[:40]]  # one word swapped
+              + [normalize_question(" ".join(rng.choices(words, k=rng.randint(3, 9)))) for _ in range(200)])
+    verdicts = [gate.is_duplicate(q) for q in probes]
+    truth = [q in accepted or any(fuzz.token_sort_ratio(q, a, processor=None) >= threshold for a in accepted)
+             for q in probes]
+    assert verdicts == truth
+    assert 40 <= sum(truth) < len(probes)  # the reordered copies at least, and not every probe
+
+
 def test_short_pairs_dropped():
     gate = Gate()
     assert gate.check(Pair("Why?", "Because it is so."), None, []) == "too_short"
