@@ -5,6 +5,7 @@ no assertions (see README, "Benchmarks").
     python benchmarks/bench_generate.py                 # everything, about 9 minutes on 2 cores
     python benchmarks/bench_generate.py --shapes skewed --concurrency 8 32
     python benchmarks/bench_generate.py --memory-pairs 100000   # peak client memory at 100k pairs
+    python benchmarks/bench_generate.py --shapes corpus --concurrency 8 --spares 0   # quick: one shape, one row
 
 The model is the bundled fake LLM server in its own process (real HTTP on 127.0.0.1, a fixed
 latency per request counted from the request's arrival, a simulated prefix cache); token counts are
@@ -276,6 +277,24 @@ def client_table(corpus: Path, work: Path) -> None:
               f"{cpu / n * 1000:>21.2f}", flush=True)
 
 
+def cold_table(corpus: Path, latency: float, concurrency: int, work: Path) -> None:
+    """What a user's ``datakeg generate`` takes: a fresh process each time (Python's start, the
+    imports, the audit's libraries), against the same run in this warm process."""
+    warm_up(corpus, concurrency, work)
+    _, warm_wall, _, _ = run_generate(corpus, latency, concurrency, work)
+    print(f"\n{'cold process':<12} {'conc.':>5} {'lat. ms':>7} {'wall s':>7} {'same run in a warm process s':>29}")
+    for _ in range(2):
+        url = fake_servers(1, latency)[0]
+        out = work / "cold"
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "datakeg", "generate", str(corpus), str(out), "-p", "openai",
+                        "--base-url", url, "-m", "fake-model", "-c", str(concurrency), "-q"],
+                       check=True, stdout=subprocess.DEVNULL)
+        print(f"{'':<12} {concurrency:>5} {latency * 1000:>7.0f} {time.perf_counter() - start:>7.2f} "
+              f"{warm_wall:>29.2f}", flush=True)
+
+
 def endpoints_table(corpus: Path, settings: dict, latency: float, concurrency: int, work: Path) -> None:
     warm_up(corpus, concurrency, work, servers=2, **settings)
     chain, _ = chain_length(corpus, settings)
@@ -342,6 +361,8 @@ def main(argv=None) -> int:
             client_table(shapes["many"][0], work)
         first = next(iter(shapes.values()))
         endpoints_table(first[0], first[1], args.latency, 8, work)
+        if not args.endpoints and "corpus" in shapes:
+            cold_table(args.corpus, args.latency, 8, work)
         if not args.endpoints and "corpus" in shapes:
             m, _, _, out = run_generate(args.corpus, 0.0, 8, work)
             t = m["totals"]

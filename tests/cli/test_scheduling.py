@@ -214,3 +214,27 @@ def test_the_manifest_reports_the_longest_chain_of_requests_that_followed_one_an
     chain = sum(max(n for (_, sp), n in per_round.items() if sp == split) for split in ("train", "valid", "test"))
     assert m["totals"]["request_chain"] == chain < m["totals"]["requests"]
     assert max(n for (_, sp), n in per_round.items() if sp == "train") >= 2  # batches of one chunk in a row
+
+
+def test_the_request_chain_counts_the_leakage_audits_backfill_rounds(tmp_path):
+    """Two documents with the same text: the audit removes repeats and leaks across them and
+    backfills, in rounds that each wait for every document, and the chain counts those links too.
+    Truth from the server's clock, with request slots to spare: a request that waited for another
+    arrived at least a latency after it, so the chain is the longest run of requests each arriving
+    a latency or more after the one before."""
+    src = tmp_path / "same"
+    src.mkdir()
+    for k in range(2):
+        (src / f"d{k}.md").write_text(f"# Page\n\n{_prose(7, 14)}\n")
+    latency = 0.2
+    with FakeLLMServer(latency=latency) as srv:
+        assert _gen(srv, src, tmp_path / "o", "-c", "8").exit_code == 0
+        per_doc = Counter(_DOC.search(_prompt(r)).group(1) for r in srv.requests if _SPLIT.search(_prompt(r)))
+        arrivals = sorted(r["at"] for r in srv.requests)
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["leakage_audit"]["removed"] and m["leakage_audit"]["rounds"] >= 2  # it backfilled, more than once
+    assert max(per_doc.values()) > 3  # the backfill asked again after the document's three rounds
+    longest = []
+    for k, t in enumerate(arrivals):
+        longest.append(1 + max((longest[j] for j in range(k) if t - arrivals[j] >= 0.9 * latency), default=0))
+    assert m["totals"]["request_chain"] == max(longest) > max(per_doc.values())  # > : the rounds' barrier
