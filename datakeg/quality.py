@@ -249,7 +249,8 @@ class Gate:
     accepted: list[str] = field(default_factory=list)  # normalized accepted questions
     # the same questions with their words sorted: token_sort_ratio(a, b) is ratio() of the two
     # strings with sorted words, so each accepted question is sorted once here rather than in every
-    # comparison (4x faster at 120 questions). Exact: a normalized question has one space between words.
+    # comparison (a check against 120 questions: 11 instead of 49 µs; no end-to-end change measured
+    # on small documents). Exact: a normalized question has one space between words.
     _sorted: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
