@@ -363,7 +363,6 @@ def main(argv=None) -> int:
         endpoints_table(first[0], first[1], args.latency, 8, work)
         if not args.endpoints and "corpus" in shapes:
             cold_table(args.corpus, args.latency, 8, work)
-        if not args.endpoints and "corpus" in shapes:
             m, _, _, out = run_generate(args.corpus, 0.0, 8, work)
             t = m["totals"]
             plan = datakeg.plan(args.corpus).plan

@@ -46,26 +46,6 @@ class RunResult:
     stats: RunStats
 
 
-def _preload_audit() -> None:
-    """Load the leakage audit's libraries (numpy, scipy, scikit-learn: about a second on a cold
-    start) in a background thread while the requests are in flight, rather than after the last of
-    them. Lazily, as every heavy import: ``datakeg --help`` never pays for them. Not a daemon, so an
-    early exit waits for it rather than stopping it inside an import."""
-    import sys
-
-    if "sklearn.preprocessing" in sys.modules:
-        return
-
-    def load() -> None:
-        try:
-            import scipy.sparse  # noqa: F401
-            import sklearn.preprocessing  # noqa: F401
-        except Exception:  # noqa: BLE001 - a broken install is reported by the audit itself
-            pass
-
-    threading.Thread(target=load, name="datakeg-preload", daemon=False).start()
-
-
 class Generator:
     """Runs a plan against a provider and writes OUT (the caller holds OUT's lock)."""
 
@@ -160,7 +140,9 @@ class Generator:
 
         audited = self.settings.effective_leakage > 0 or self.semantic is not None
         if audited:
-            _preload_audit()
+            from datakeg.leakage import preload_libraries
+
+            preload_libraries()  # while the requests are in flight, not after the last of them
         try:
             # documents start longest chain first too (more documents than orchestrating threads)
             for f in [doc_pool.submit(one, k, priority=self.runner.priority(plan.docs[k], "train"))
