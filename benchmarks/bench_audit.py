@@ -1,5 +1,5 @@
 """Leakage search benchmark: time, peak memory and planted-copy recall of
-``datakeg.leakage.find_leaks`` on synthetic question sets. Prints a table; no assertions.
+``datakeg.curation.leakage.find_leaks`` on synthetic question sets. Prints a table; no assertions.
 
     python benchmarks/bench_audit.py [--sizes 10000 100000] [--threshold 0.9] [--seed 0]
 
@@ -94,8 +94,8 @@ def pair_cosine(x, a: int, b: int) -> float:
 
 def run_one(n: int, threshold: float, seed: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    from datakeg import leakage
-    from datakeg.quality import normalize_question
+    from datakeg.curation import leakage
+    from datakeg.curation.quality import normalize_question
 
     qs, splits, docs, plants = dataset(n, seed)
     start = time.perf_counter()

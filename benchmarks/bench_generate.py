@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 import datakeg
-from datakeg.prompts import SYSTEM_PROMPT
+from datakeg.generation.prompts import SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "corpus"
@@ -191,8 +191,8 @@ def synthetic_questions(n: int, seed: int = 7) -> list[str]:
 def bench_quality(n: int) -> tuple[float, float]:
     """Seconds for the leakage audit (n pairs: 60% train vs 40% valid/test) and for per-document
     rapidfuzz dedupe of the same n questions in documents of 500 pairs."""
-    from datakeg.auditing import leaking
-    from datakeg.quality import Gate, normalize_question
+    from datakeg.curation.audit import leaking
+    from datakeg.curation.quality import Gate, normalize_question
 
     qs = synthetic_questions(n)
     cut = int(n * 0.6)
@@ -214,7 +214,7 @@ def chain_length(corpus: Path, settings: dict) -> tuple[int, int]:
     """(requests that must run one after another in the longest document: per split round, the
     chunk that needs the most batches (valid waits for the document's train, test for valid);
     requests the plan needs in all)."""
-    from datakeg.planning import batches
+    from datakeg.generation.planning import batches
     from datakeg.settings import Settings
 
     s = Settings.build(**settings)

@@ -59,7 +59,7 @@ def write_dataset(folder: Path) -> None:
 
 
 def evaluate_model(model: str | None, test: Path) -> dict:
-    from datakeg.evaluate import echo_baseline, evaluate, load_test_pairs
+    from datakeg.evaluation.evaluate import echo_baseline, evaluate, load_test_pairs
     from datakeg.providers.local import LocalProvider
 
     pairs = load_test_pairs(test)
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args()
 
-    from datakeg.finetune import FinetuneOptions, finetune
+    from datakeg.training.finetune import FinetuneOptions, finetune
     from datakeg.providers.local import bundled_model_dir
 
     data = args.out / "facts-data"

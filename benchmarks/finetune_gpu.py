@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         LlamaForCausalLM,
     )
 
-    from datakeg.finetune import FinetuneOptions, finetune
+    from datakeg.training.finetune import FinetuneOptions, finetune
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     work = Path(tempfile.mkdtemp(prefix="datakeg-gpu-"))
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                                                   else torch.float32)
     merged.to("cuda" if torch.cuda.is_available() else "cpu")
     tok = AutoTokenizer.from_pretrained(result["merged"])  # carries the chat template used in training
-    from datakeg.finetune.templates import render, text_ids
+    from datakeg.support.chat_template import render, text_ids
 
     prompt = text_ids(tok, render(tok, [{"role": "user", "content": "What does Ollama do?"}], add_generation_prompt=True))
     ids = torch.tensor([prompt], device=merged.device)

@@ -6,12 +6,12 @@ The public API is imported lazily (``import datakeg`` loads no model or ML libra
     result = datakeg.generate("docs", "out", provider="ollama", pairs_per_1k=5)
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _API = {
     "generate": "datakeg.api", "plan": "datakeg.api", "convert": "datakeg.api", "validate": "datakeg.api",
     "audit": "datakeg.api", "merge": "datakeg.api", "Result": "datakeg.api", "DryRun": "datakeg.api",
-    "Validation": "datakeg.api", "Settings": "datakeg.settings", "Callbacks": "datakeg.callbacks",
+    "Validation": "datakeg.api", "Settings": "datakeg.settings", "Callbacks": "datakeg.generation.callbacks",
     "register_provider": "datakeg.providers", "errors": "datakeg.errors",
 }
 __all__ = sorted(_API)

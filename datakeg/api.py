@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from datakeg.callbacks import Callbacks
+from datakeg.dataset.splits import SPLITS
 from datakeg.errors import ConfigError, DatakegError
+from datakeg.generation.callbacks import Callbacks
 from datakeg.settings import Settings
-from datakeg.targets import SPLITS
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Result:
 class DryRun:
     """What ``--dry-run`` shows: the plan and its request/token estimate (no model calls)."""
 
-    plan: object  # datakeg.planning.Plan
+    plan: object  # datakeg.generation.planning.Plan
     estimate: dict
 
     @property
@@ -78,7 +78,7 @@ def _check_paths(src: Path, out: Path | None) -> None:
 
 
 def _read(src: Path, out: Path | None, settings: Settings):
-    from datakeg.discovery import read_documents
+    from datakeg.sources.discovery import read_documents
 
     docs, skipped = read_documents(src, out, max_bytes=int(settings.max_file_mb * 1024 * 1024))
     if not docs:
@@ -91,7 +91,7 @@ def _read(src: Path, out: Path | None, settings: Settings):
 
 def plan(src, out=None, **settings) -> DryRun:
     """Chunks, targets, requests and a token estimate per file, without any model call."""
-    from datakeg.planning import estimate, make_plan
+    from datakeg.generation.planning import estimate, make_plan
 
     s = Settings.build(**settings)
     src = Path(src)
@@ -116,10 +116,15 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     or ``fresh``), replays finished requests from the journal, runs the leakage audit, writes
     per-file outputs, merged files, ``rejects.jsonl`` and ``manifest.json``.
     """
-    from datakeg.calls import Limits
-    from datakeg.outdir import OutputLock, prepare_out, refuse_foreign, remove_stale_temp_files
-    from datakeg.pipeline import Generator
-    from datakeg.planning import make_plan
+    from datakeg.dataset.outdir import (
+        OutputLock,
+        prepare_out,
+        refuse_foreign,
+        remove_stale_temp_files,
+    )
+    from datakeg.generation.calls import Limits
+    from datakeg.generation.pipeline import Generator
+    from datakeg.generation.planning import make_plan
     from datakeg.providers import create_provider
 
     cb = callbacks or Callbacks()
@@ -143,14 +148,14 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     try:
         provs = _ready_endpoints(provs, s.wait_for_model, cb)  # before any work: says what to run when unavailable
         prov = provs[0]
-        from datakeg.judge import judge_provider
+        from datakeg.generation.judge import judge_provider
 
         judge = judge_provider(s, prov, cb)  # checked before any work too
         if judge is not None:
             provs.append(judge)  # closed with the others
         semantic = None
         if s.semantic_dedupe:
-            from datakeg.semantic import SemanticModel
+            from datakeg.curation.semantic import SemanticModel
 
             semantic = SemanticModel(s.semantic_model, s.semantic_threshold)
             semantic.check()  # loads it: a missing extra or a bad folder stops the run before any work
@@ -209,7 +214,7 @@ def convert(src, dst, template: str | None = None, *, custom_template=None, sour
             system_message: str | None = None) -> list:
     """Convert a dataset file (or a folder's train/valid/test.jsonl) to a trainer's format.
     Returns one ConvertReport per file (rows written, detected shape, skipped lines, notes)."""
-    from datakeg.conversion import TARGETS, convert_file, custom_target
+    from datakeg.dataset.conversion import TARGETS, convert_file, custom_target
 
     src, dst = Path(src), Path(dst)
     if custom_template:
@@ -237,7 +242,7 @@ def convert(src, dst, template: str | None = None, *, custom_template=None, sour
 
 @dataclass
 class Validation:
-    files: list  # datakeg.validation.FileReport per file
+    files: list  # datakeg.curation.validation.FileReport per file
     cross_split: list  # (split, line, question, similar train question) for an output folder
     is_output: bool
 
@@ -252,7 +257,11 @@ class Validation:
 
 def validate(target, *, dedupe_threshold: float = 90.0) -> Validation:
     """Check every line of a dataset file, or of train/valid/test.jsonl in a folder."""
-    from datakeg.validation import cross_split_duplicates, dataset_files, validate_file
+    from datakeg.curation.validation import (
+        cross_split_duplicates,
+        dataset_files,
+        validate_file,
+    )
 
     target = Path(target)
     files, is_output = dataset_files(target)
@@ -265,7 +274,7 @@ def validate(target, *, dedupe_threshold: float = 90.0) -> Validation:
 
 def _refresh_card(out: Path, on_warning) -> None:
     """Rewrite OUT/README.md (the dataset card) after the merged files changed."""
-    from datakeg.card import write_card
+    from datakeg.dataset.card import write_card
 
     note = write_card(out)
     if note and on_warning is not None:
@@ -281,20 +290,20 @@ def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False, on_warni
     (inside a document's split too, kind "duplicate")."""
     import functools
 
-    from datakeg.auditing import audit_dir
+    from datakeg.curation.audit import audit_dir
 
     if semantic_model and not semantic_dedupe:
         raise ConfigError("--semantic-model needs --semantic-dedupe.", "Add --semantic-dedupe.")
     if semantic_dedupe:
-        from datakeg.semantic import SemanticModel
+        from datakeg.curation.semantic import SemanticModel
 
         model = SemanticModel(semantic_model, semantic_threshold)
         model.check()
         audit_dir = functools.partial(audit_dir, semantic=model)
 
     if remove:
-        from datakeg.outdir import OutputLock
-        from datakeg.writers import has_per_file_outputs
+        from datakeg.dataset.outdir import OutputLock
+        from datakeg.dataset.writers import has_per_file_outputs
 
         if not has_per_file_outputs(Path(out)):
             return audit_dir(Path(out), leakage_threshold, remove=True)  # refuses, writing nothing (no lock needed)
@@ -309,9 +318,9 @@ def merge(out, *, on_warning=None) -> dict[str, int]:
     """Rebuild OUT/train.jsonl, valid.jsonl, test.jsonl from the per-file outputs, and the dataset
     card OUT/README.md (holding OUT's lock). ``on_warning(message)`` hears when the card was left
     alone (a README.md datakeg did not write, or one edited outside its user regions)."""
-    from datakeg.outdir import OutputLock
-    from datakeg.writers import has_per_file_outputs
-    from datakeg.writers import merge as do_merge
+    from datakeg.dataset.outdir import OutputLock
+    from datakeg.dataset.writers import has_per_file_outputs
+    from datakeg.dataset.writers import merge as do_merge
 
     if not has_per_file_outputs(Path(out)):
         return do_merge(Path(out))  # refuses (nothing to merge from), writing nothing: no lock needed

@@ -18,7 +18,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def _scrub(text: str) -> str:
     try:
-        from datakeg.secrets import scrub
+        from datakeg.support.secrets import scrub
     except ImportError:  # pragma: no cover
         return text
     return scrub(text)
@@ -61,175 +61,6 @@ def cli():
     With Ollama (the default provider):
       ollama pull qwen2.5:3b && datakeg generate ./docs ./out
     """
-
-
-# --------------------------------------------------------------------------- progress output
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds + 0.5))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _planned_requests(plan, batch_size: int) -> int:
-    """Requests the plan needs when every reply delivers what it asks for (backfill adds more)."""
-    from datakeg.planning import batches
-    from datakeg.targets import SPLITS
-
-    return sum(len(batches(target[split], batch_size)) for dp in plan.docs for target in dp.targets
-               for split in SPLITS)
-
-
-class _LineReporter:
-    """Plain line-based progress for logs and pipes: the plan, each document's start and end, and
-    a request line (requests done/planned, pairs, elapsed, ETA) after a request when ``every``
-    seconds have passed since the last one (every request when they are slow, as with the offline
-    model). Called from worker threads: counters are updated under a lock."""
-
-    def __init__(self, quiet: bool, batch_size: int = 15, every: float = 10.0):
-        import threading
-        import time
-
-        self.quiet = quiet
-        self.batch_size = max(1, int(batch_size or 15))
-        self.every = every
-        self.n = 0
-        self.total = 0
-        self.index: dict[str, int] = {}
-        self.lock = threading.Lock()
-        self.clock = time.monotonic
-        self.started = self.clock()
-        self.last_line = float("-inf")
-        self.requests = 0
-        self.planned = 0
-        self.pairs = 0
-        self.pairs_planned = 0
-        self.tokens = 0
-
-    def echo(self, msg: str) -> None:
-        if not self.quiet:
-            click.echo(_scrub(msg), err=True)
-
-    def on_message(self, message):
-        self.echo(message)
-
-    def on_plan(self, plan):
-        self.total = len(plan.docs)
-        self.planned = _planned_requests(plan, self.batch_size)
-        self.pairs_planned = plan.pairs
-        self.started = self.clock()  # time the requests, not the model loading before them
-        self.echo(f"{len(plan.docs)} file(s), {plan.chunks} chunk(s), {plan.pairs} pair(s) targeted, "
-                  f"about {self.planned} request(s)")
-
-    def on_document_start(self, dp):
-        with self.lock:
-            self.n += 1
-            self.index[dp.doc.relpath] = self.n  # documents run in parallel: keep each one's number
-            n = self.n
-        self.echo(f"[{n}/{self.total}] {dp.doc.relpath}: {len(dp.chunks)} chunk(s), {dp.total} pair(s) targeted")
-
-    def on_chunk_done(self, dp, chunk, accepted): ...
-
-    def progress_line(self) -> str:
-        elapsed = self.clock() - self.started
-        planned = max(self.planned, self.requests)
-        if self.requests and planned > self.requests:
-            eta = _duration(elapsed / self.requests * (planned - self.requests))
-        else:
-            eta = "-" if not self.requests else "0:00"
-        return (f"requests {self.requests}/{planned}, pairs {self.pairs}/{self.pairs_planned}, "
-                f"elapsed {_duration(elapsed)}, ETA {eta}")
-
-    def on_request(self, prompt_tokens, completion_tokens):
-        with self.lock:
-            self.requests += 1
-            self.tokens += prompt_tokens + completion_tokens
-            now = self.clock()
-            due = now - self.last_line >= self.every
-            if due:
-                self.last_line = now
-                line = self.progress_line()
-        if due:
-            self.echo(line)
-
-    def on_pairs(self, accepted):
-        with self.lock:
-            self.pairs += accepted
-
-    def on_document_done(self, dp, delivered):
-        got = ", ".join(f"{k} {v}/{dp.by_split[k]}" for k, v in delivered.items())
-        self.echo(f"[{self.index.get(dp.doc.relpath, self.n)}/{self.total}] {dp.doc.relpath}: done ({got})")
-
-    def on_warning(self, message):
-        self.echo(f"warning: {message}")
-
-    def close(self): ...
-
-
-class _RichReporter(_LineReporter):
-    """A rich progress bar on stderr (requests with elapsed time and ETA, files, chunks, pairs) for
-    interactive terminals."""
-
-    def __init__(self, batch_size: int = 15):
-        super().__init__(quiet=False, batch_size=batch_size)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
-        )
-        self.tasks = {}
-
-    def echo(self, msg):
-        self.progress.console.print(_scrub(msg), markup=False, highlight=False)
-
-    def on_plan(self, plan):
-        super().on_plan(plan)
-        self.progress.start()
-        self.tasks = {
-            "requests": self.progress.add_task("requests", total=self.planned, info=""),
-            "files": self.progress.add_task("files", total=len(plan.docs), info=""),
-            "chunks": self.progress.add_task("chunks", total=plan.chunks, info=""),
-            "pairs": self.progress.add_task("pairs", total=plan.pairs, info=""),
-        }
-
-    def on_document_start(self, dp):
-        with self.lock:
-            self.n += 1
-        self.progress.update(self.tasks["files"], info=dp.doc.relpath)
-
-    def on_chunk_done(self, dp, chunk, accepted):
-        self.progress.advance(self.tasks["chunks"])
-
-    def on_request(self, prompt_tokens, completion_tokens):
-        with self.lock:
-            self.requests += 1
-            self.tokens += prompt_tokens + completion_tokens
-            done, used = self.requests, self.tokens
-        # backfill can need more requests than planned: the total grows with it
-        self.progress.update(self.tasks["requests"], completed=done, total=max(self.planned, done),
-                             info=f"{used:,} tokens")
-
-    def on_pairs(self, accepted):
-        super().on_pairs(accepted)
-        self.progress.advance(self.tasks["pairs"], accepted)
-
-    def on_document_done(self, dp, delivered):
-        self.progress.advance(self.tasks["files"])
-
-    def close(self):
-        if self.tasks:
-            self.progress.stop()
-
-
-def _reporter(quiet: bool, batch_size: int = 15):
-    from datakeg.callbacks import Callbacks
-
-    base = _RichReporter if (not quiet and sys.stderr.isatty()) else _LineReporter
-    cls = type("Reporter", (base, Callbacks), {})
-    return cls(batch_size) if base is _RichReporter else cls(quiet, batch_size)
 
 
 # --------------------------------------------------------------------------- generate options
@@ -377,7 +208,9 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
         import os
 
         os.environ["DATAKEG_VERBOSE"] = "1"  # read by in-process providers (--provider local)
-    reporter = _reporter(quiet, settings.get("batch_size") or 15)
+    from datakeg.progress import reporter as make_reporter
+
+    reporter = make_reporter(quiet, settings.get("batch_size") or 15)
     try:
         result = datakeg.generate(src, out, provider=provider, model=model, base_url=list(base_url) or None,
                                   concurrency=concurrency, fresh=fresh, resume=resume, callbacks=reporter,
@@ -489,7 +322,7 @@ def _print_summary(manifest: dict, out: Path) -> None:
         click.echo(f"Judge: {j['pairs_scored']} pair(s) scored in {j['requests']} request(s), {j['dropped']} "
                    f"below the threshold, {j['unjudged']} unjudged.")
     if manifest.get("coverage"):
-        from datakeg.coverage import summary_lines
+        from datakeg.curation.coverage import summary_lines
 
         for line in summary_lines(manifest["coverage"]):
             click.echo(line)
@@ -543,7 +376,7 @@ def providers(base_url):
 def _list_templates(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
-    from datakeg.conversion import TARGETS
+    from datakeg.dataset.conversion import TARGETS
 
     click.echo("Targets (convert from any of: completion, chat, reasoning, alpaca, sharegpt; "
                "integrated <think> reasoning is read from completion/chat rows):\n")
@@ -671,8 +504,8 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
       datakeg finetune out --base-model ./my-model --backend torch --epochs 2 --batch-size 8
       datakeg finetune out --base-model mlx-community/Qwen2.5-0.5B-Instruct-4bit --backend mlx
     """
-    from datakeg.finetune import FinetuneOptions
-    from datakeg.finetune import finetune as run
+    from datakeg.training.finetune import FinetuneOptions
+    from datakeg.training.finetune import finetune as run
 
     requested_base = base_model
     if base_model == "bundled":
@@ -714,7 +547,7 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
         where = f" (adapter in {best['adapter']})" if best.get("adapter") else " (the base model itself)"
         click.echo(f"Best validation loss {best['val_loss']:.4f} at step {best['step']}{where}")
     if ollama_name:
-        from datakeg.finetune.ollama_export import export_ollama
+        from datakeg.training.ollama_export import export_ollama
 
         exp = export_ollama(Path(result["merged"]), Path(opts.output) / "ollama", ollama_name, system_message)
         click.echo(f"Ollama Modelfile ({exp['family']} template): {exp['modelfile']}\nRun: {exp['command']}")
@@ -751,7 +584,7 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
       datakeg eval out/test.jsonl -p local -m out/finetuned/merged --compare bundled
       datakeg eval out/test.jsonl -p openai --base-url http://localhost:8000/v1 -m tuned --judge-model big-model
     """
-    from datakeg.evaluate import (
+    from datakeg.evaluation.evaluate import (
         SUMMARY_COLUMNS,
         echo_baseline,
         evaluate,

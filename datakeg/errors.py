@@ -7,7 +7,9 @@ class DatakegError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None):
-        from datakeg.secrets import scrub  # no exception ever carries a key (a server may echo one)
+        from datakeg.support.secrets import (
+            scrub,  # no exception ever carries a key (a server may echo one)
+        )
 
         message = scrub(message)
         hint = scrub(hint) if hint else hint

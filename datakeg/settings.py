@@ -116,7 +116,7 @@ class Settings:
 
     @property
     def ratios(self):
-        from datakeg.targets import Ratios
+        from datakeg.dataset.splits import Ratios
 
         return Ratios(self.train_pct, self.valid_pct, self.test_pct)
 

@@ -126,7 +126,7 @@ def redact_url(url: str | None) -> str | None:
 def request_failed(message: str) -> "ProviderRequestError":
     """A ProviderRequestError (one request failed; the pipeline retries it) with no key in it."""
     from datakeg.errors import ProviderRequestError
-    from datakeg.secrets import scrub
+    from datakeg.support.secrets import scrub
 
     return ProviderRequestError(scrub(message))
 
@@ -134,15 +134,15 @@ def request_failed(message: str) -> "ProviderRequestError":
 def unavailable(message: str, hint: str | None = None) -> "ProviderUnavailable":
     """A ProviderUnavailable (stops the run) with no key in it."""
     from datakeg.errors import ProviderUnavailable
-    from datakeg.secrets import scrub
+    from datakeg.support.secrets import scrub
 
     return ProviderUnavailable(scrub(message), scrub(hint) if hint else hint)
 
 
 def excerpt(text: object, limit: int = 200) -> str:
     """The start of a server's text, on one line, for an error message. Scrubbed before it is cut,
-    so a key cut in half cannot slip past :func:`datakeg.secrets.scrub`."""
-    from datakeg.secrets import scrub
+    so a key cut in half cannot slip past :func:`datakeg.support.secrets.scrub`."""
+    from datakeg.support.secrets import scrub
 
     s = " ".join(scrub(str(text)).split())
     return s if len(s) <= limit else s[:limit] + " ..."

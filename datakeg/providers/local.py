@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import threading
-import warnings
 from pathlib import Path
 
 from datakeg.errors import ProviderUnavailable
 from datakeg.providers.base import ChatRequest, Completion, Provider
+from datakeg.support.cache import cache_dir, quiet_third_party, verbose_default
 
 INSTALL_HINT = (
     'Install the offline extra: pip install torch==2.13.0 && pip install -e ".[local]"   '
@@ -43,49 +43,6 @@ _FEW_SHOT = [
        "answer": "The default port is 8080."}]),
 ]
 _STOP = ["\n\n", "\nExcerpt", "\nText:"]
-
-
-_THIRD_PARTY = r"(transformers|torch|peft|accelerate|huggingface_hub|gguf|tokenizers|safetensors)(\..*)?$"
-
-
-def verbose_default() -> bool:
-    """``DATAKEG_VERBOSE=1`` (what ``datakeg generate --verbose`` sets) shows third-party output."""
-    return os.environ.get("DATAKEG_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def quiet_third_party() -> None:
-    """Silence what transformers, huggingface_hub, torch and peft print on their own: the
-    "Loading weights" and GGUF conversion progress bars, info/warning logging and
-    Future/Deprecation/User warnings. datakeg reports its own progress; ``--verbose`` keeps theirs."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category, module=_THIRD_PARTY)
-    warnings.filterwarnings("ignore", category=FutureWarning)  # often attributed to the caller's line
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - the [local] extra is missing; check() says so
-        pass
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except ImportError:  # pragma: no cover
-        pass
-    try:  # the GGUF de-quantization bar is a bare tqdm that the switches above do not reach
-        import functools
-
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-        from tqdm.auto import tqdm
-
-        gguf_utils.tqdm = functools.partial(tqdm, disable=True)
-    except (ImportError, AttributeError):  # pragma: no cover - another transformers layout
-        pass
 
 
 def choose_threads() -> int:
@@ -123,12 +80,6 @@ class _LinesDone:
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
-def _cache_dir() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("DATAKEG_CACHE_DIR") or user_cache_dir("datakeg"))
-
-
 def gguf_tokenizer(path: Path, report=lambda message: None):
     """The tokenizer of a GGUF file, converted once (about a minute on 2 cores) and cached under
     the user cache dir, so later runs start fast."""
@@ -136,7 +87,7 @@ def gguf_tokenizer(path: Path, report=lambda message: None):
 
     stat = path.stat()
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = _cache_dir() / "tokenizers" / key
+    cache = cache_dir() / "tokenizers" / key
     if (cache / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(cache)
     report("converting the tokenizer (first run only)")
@@ -157,7 +108,7 @@ def gguf_to_folder(path: Path, report=lambda message: None) -> Path:
 
     stat = path.stat()
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = _cache_dir() / "models" / key
+    folder = cache_dir() / "models" / key
     if (folder / "config.json").exists() and (folder / "tokenizer_config.json").exists():
         return folder
     tokenizer = gguf_tokenizer(path, report)
@@ -337,13 +288,13 @@ class LocalProvider(Provider):
 
     def _chat(self, request: ChatRequest) -> Completion:
         """Answer a conversation through the model's chat template, rendered exactly as fine-tuning
-        renders it (datakeg.finetune.templates): a base model without a template gets ChatML with
+        renders it (datakeg.support.chat_template): a base model without a template gets ChatML with
         its BOS, the same prompt a model tuned from it gets, so base and tuned are compared on
         equal terms. Greedy, with repetition control inside the answer (no 5-gram twice) and a stop
         at the end-of-turn marker."""
         import torch
 
-        from datakeg.finetune.templates import render, stop_markers, text_ids
+        from datakeg.support.chat_template import render, stop_markers, text_ids
 
         tok = self._tokenizer
         prompt = render(tok, request.messages, add_generation_prompt=True)

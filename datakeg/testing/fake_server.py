@@ -49,7 +49,7 @@ candidate equals the reference after normalisation, 2 when they share a word, el
 
 Judge prompts of `generate --judge-model` (a ``<chunk-XXXXXX>`` and one JSON pair a line) get, per
 pair, "faithful" 5 when at least 80 % of the answer's words occur in the chunk (else 1),
-"standalone" 1 when the question is dangling (datakeg.quality.dangling, else 5) and "useful" 1 when
+"standalone" 1 when the question is dangling (datakeg.curation.quality.dangling, else 5) and "useful" 1 when
 the answer is an echo of the question (else 4). ``malformed`` breaks the judge's reply too.
 
 ``POST /fake/reset`` (body ``{"latency": seconds}``, optional) makes it forget every request, as if
@@ -78,7 +78,7 @@ HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>
              "<p>The proxy received an invalid response from an upstream server.</p></body></html>\n")
 DEFAULT_MODELS = ("qwen2.5:3b", "fake-model")
 
-# the chunk sits between <excerpt-XXXXXX> and the same closing tag (datakeg.prompts.excerpt_tag);
+# the chunk sits between <excerpt-XXXXXX> and the same closing tag (datakeg.generation.prompts.excerpt_tag);
 # the back-reference keeps a "</excerpt>" written in the document from ending it early
 _EXCERPT = re.compile(r"<(excerpt(?:-[0-9a-f]+)?)>\n(.*?)\n</\1>", re.DOTALL)
 _COUNT = re.compile(r"Write exactly (\d+) new question-answer pair")
@@ -108,7 +108,7 @@ def candidates(excerpt: str) -> list[tuple[str, str]]:
     question that leans on "this section" or "this option", an answer that only repeats it)."""
     from rapidfuzz import fuzz
 
-    from datakeg.quality import dangling, echo
+    from datakeg.curation.quality import dangling, echo
 
     words = _WORDS.findall(excerpt)
     out: list[tuple[str, str]] = []
@@ -202,7 +202,8 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     return body
 
 
-from datakeg.paraphrase import MARKER as PARAPHRASE_MARKER  # noqa: E402  (the prompt's own wording)
+from datakeg.generation.paraphrase import MARKER as PARAPHRASE_MARKER  # noqa: E402  (the prompt's own wording)
+
 _REWRITES = ("Could you tell me: {q}", "I would like to know this. {q}", "Quick question about the docs: {q}",
              "Please explain. {q}", "One more thing. {q}")
 
@@ -225,7 +226,7 @@ def answer_paraphrases(prompt: str, planted: list[str] = ()) -> str:
 
 def judge_reply(prompt: str, active: set[str]) -> str:
     """Scores for a `generate --judge-model` prompt (see the module docstring)."""
-    from datakeg.quality import dangling, echo
+    from datakeg.curation.quality import dangling, echo
 
     if "malformed" in active:
         return '{"scores": [{"index": 1, "faithful": '
@@ -251,7 +252,7 @@ def judge_reply(prompt: str, active: set[str]) -> str:
 def closed_book(messages: list[dict], model: str, answers: dict[str, str]) -> str:
     prompt = str(messages[-1].get("content", "")) if messages else ""
     if "Candidate answer:" in prompt and "Reference answer:" in prompt:
-        from datakeg.evaluate import normalize_answer
+        from datakeg.evaluation.evaluate import normalize_answer
 
         ref = prompt.split("Reference answer: ", 1)[1].split("\nCandidate answer: ", 1)[0]
         cand = prompt.split("Candidate answer: ", 1)[1].split("\n\n", 1)[0]

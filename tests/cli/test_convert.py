@@ -12,8 +12,8 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from datakeg.cli import cli
-from datakeg.conversion import TARGETS
-from datakeg.records import Conversation, Pair
+from datakeg.dataset.conversion import TARGETS
+from datakeg.dataset.records import Conversation, Pair
 
 FIXTURES = json.loads((Path(__file__).parents[1] / "fixtures" / "official_chat_templates.json").read_text("utf-8"))
 

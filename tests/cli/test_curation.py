@@ -7,8 +7,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from datakeg.cli import cli
-from datakeg.quality import dangling, echo
-from datakeg.records import from_row
+from datakeg.curation.quality import dangling, echo
+from datakeg.dataset.records import from_row
 from datakeg.testing.fake_server import FakeLLMServer
 
 from conftest import TESTDOC

@@ -4,10 +4,11 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from datakeg import jsonl
+from datakeg.dataset import jsonl
 from datakeg.cli import cli
-from datakeg.records import Pair, from_row, to_row
-from datakeg.writers import SPLITS, atomic_write_jsonl, per_file_path
+from datakeg.dataset.records import Pair, from_row, to_row
+from datakeg.dataset.splits import SPLITS
+from datakeg.dataset.writers import atomic_write_jsonl, per_file_path
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from datakeg.cli import cli
 from datakeg.errors import ProviderRequestError
-from datakeg.evaluate import (
+from datakeg.evaluation.evaluate import (
     ECHO_MODEL,
     evaluate,
     exact_match,

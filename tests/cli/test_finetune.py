@@ -116,8 +116,8 @@ def test_mlx_lora_adapter_and_fused_model(tiny_model, dataset, tmp_path):
 def test_gemma_training_render_starts_with_bos():
     """The bundled Gemma base has no chat template; training falls back to ChatML and must still
     start with <bos>, as the tokenizer wants (loss 4.61 without it vs 3.33 with it)."""
-    from datakeg.finetune.templates import wants_bos
-    from datakeg.finetune.torch_backend import encode
+    from datakeg.support.chat_template import wants_bos
+    from datakeg.training.torch_backend import encode
     from datakeg.providers.local import bundled_tokenizer
 
     tok = bundled_tokenizer()
@@ -132,7 +132,7 @@ def test_gemma_training_render_starts_with_bos():
 
 
 def test_no_bos_for_a_tokenizer_that_has_none():
-    from datakeg.finetune.templates import text_ids, wants_bos
+    from datakeg.support.chat_template import text_ids, wants_bos
 
     class Tok:
         bos_token_id = None
@@ -147,7 +147,7 @@ def test_auto_backend_never_proposes_mlx_on_linux(monkeypatch):
     import platform
 
     from datakeg.errors import ConfigError
-    from datakeg.finetune import pick_backend
+    from datakeg.training.finetune import pick_backend
 
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
@@ -165,8 +165,8 @@ def test_memory_estimate_matches_the_measured_qwen_run_and_decides_checkpointing
     from transformers import Qwen2Config
 
     from datakeg.errors import ConfigError
-    from datakeg.finetune import FinetuneOptions
-    from datakeg.finetune.torch_backend import GIB, estimate_memory, plan_memory
+    from datakeg.training.finetune import FinetuneOptions
+    from datakeg.training.torch_backend import GIB, estimate_memory, plan_memory
 
     qwen = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                        num_key_value_heads=2, vocab_size=151936)

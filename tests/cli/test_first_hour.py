@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from datakeg.cli import _LineReporter, cli
+from datakeg.cli import cli
+from datakeg.progress import LineReporter
 
 from conftest import ROOT
 
@@ -56,7 +57,7 @@ def test_every_readme_example_writes_its_own_folder_and_stops_what_it_starts():
 
 def test_the_line_reporter_shows_requests_pairs_elapsed_and_eta(capsys):
     now = [100.0]
-    rep = _LineReporter(quiet=False, batch_size=15, every=0)
+    rep = LineReporter(quiet=False, batch_size=15, every=0)
     rep.clock = lambda: now[0]
     targets = [{"train": 20, "valid": 5, "test": 5}, {"train": 2, "valid": 1, "test": 0}]
     doc = SimpleNamespace(targets=targets, chunks=[1, 2], total=33, doc=SimpleNamespace(relpath="a.md"))
@@ -74,7 +75,7 @@ def test_the_line_reporter_shows_requests_pairs_elapsed_and_eta(capsys):
 
 def test_the_line_reporter_writes_at_most_a_line_per_interval(capsys):
     now = [0.0]
-    rep = _LineReporter(quiet=False, every=10)
+    rep = LineReporter(quiet=False, every=10)
     rep.clock = lambda: now[0]
     rep.on_plan(SimpleNamespace(docs=[], chunks=0, pairs=0))
     for t in range(25):

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from rapidfuzz import fuzz, process
 
 from datakeg.cli import cli
-from datakeg.quality import normalize_question
-from datakeg.records import from_row
+from datakeg.curation.quality import normalize_question
+from datakeg.dataset.records import from_row
 from datakeg.testing.fake_server import FakeLLMServer
 
 from conftest import ROOT, TESTDOC

@@ -105,7 +105,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_files(small_testdoc, 
 # unpacks it into a temp file).
 FULL_DISK = """
 import resource, signal, sys
-from datakeg.prompts import detect_language
+from datakeg.sources.language import detect_language
 detect_language("This sentence is plainly written in English so that the model loads. " * 3)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
@@ -176,7 +176,7 @@ def _brute_force_leaks(questions, splits, docs, threshold):
     """Every pair that must not coexist, computed the slow, obvious way (dense cosine)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from datakeg.quality import normalize_question
+    from datakeg.curation.quality import normalize_question
 
     norm = [normalize_question(q) for q in questions]
     x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(norm)

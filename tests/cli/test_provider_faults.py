@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from datakeg.cli import cli
-from datakeg.journal import JOURNAL_DIR, Journal
+from datakeg.generation.journal import JOURNAL_DIR, Journal
 from datakeg.testing.fake_server import FakeLLMServer
 
 from conftest import TESTDOC

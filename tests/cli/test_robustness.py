@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from datakeg.cli import cli
-from datakeg.journal import JOURNAL, JOURNAL_DIR
+from datakeg.generation.journal import JOURNAL, JOURNAL_DIR
 from datakeg.testing.fake_server import FakeLLMServer
 
 from conftest import ROOT, TESTDOC, wait_for_requests

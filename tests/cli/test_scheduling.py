@@ -146,11 +146,11 @@ def test_a_free_request_slot_goes_to_the_most_urgent_waiting_request(tmp_path):
     import threading
     import time
 
-    from datakeg.calls import Caller, Limits
-    from datakeg.journal import Journal
+    from datakeg.generation.calls import Caller, Limits
+    from datakeg.generation.journal import Journal
     from datakeg.providers.base import ChatRequest
     from datakeg.providers.openai_compat import OpenAICompatProvider
-    from datakeg.workers import PriorityPool
+    from datakeg.generation.workers import PriorityPool
 
     with FakeLLMServer(latency=0.3) as srv:
         provider = OpenAICompatProvider(model="fake-model", base_url=srv.url)

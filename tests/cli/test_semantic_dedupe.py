@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from datakeg.cli import cli
-from datakeg.leakage import tfidf_matrix
-from datakeg.quality import normalize_question
-from datakeg.records import from_row
-from datakeg.semantic import _latin_like
+from datakeg.curation.leakage import tfidf_matrix
+from datakeg.curation.quality import normalize_question
+from datakeg.dataset.records import from_row
+from datakeg.curation.semantic import _latin_like
 from datakeg.testing.fake_server import REWORDED, FakeLLMServer
 
 from conftest import TESTDOC
@@ -62,7 +62,7 @@ def test_reworded_questions_pass_tfidf_but_not_semantic_dedupe(tmp_path):
     # in Latin script (what the packaged English model compares) are within 0.85 of each other
     from sentence_transformers import SentenceTransformer
 
-    from datakeg.semantic import packaged_model_dir
+    from datakeg.curation.semantic import packaged_model_dir
 
     latin = [q for q in questions if _latin_like(q)]
     e = SentenceTransformer(str(packaged_model_dir()), local_files_only=True).encode(latin, normalize_embeddings=True)

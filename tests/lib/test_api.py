@@ -206,7 +206,7 @@ def test_register_provider_at_run_time(tmp_path):
 
 
 def test_second_writer_is_refused_while_the_first_holds_out(tmp_path):
-    from datakeg.outdir import OutputLock
+    from datakeg.dataset.outdir import OutputLock
 
     out = tmp_path / "o"
     with FakeLLMServer() as srv:

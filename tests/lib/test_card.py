@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import datakeg
-from datakeg.card import ASIDE, USER_END, USER_START, is_datakeg_card
+from datakeg.dataset.card import ASIDE, USER_END, USER_START, is_datakeg_card
 from datakeg.cli import cli
-from datakeg.outdir import prepare_out
+from datakeg.dataset.outdir import prepare_out
 
 from conftest import copy_testdoc, SMALL_TESTDOC
 
@@ -121,7 +121,7 @@ def test_a_rerun_and_fresh_keep_the_card_and_out_inside_src_does_not_read_it(ser
 def test_prepare_out_takes_a_folder_holding_only_its_own_card(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    from datakeg.card import write_card
+    from datakeg.dataset.card import write_card
 
     assert write_card(out) is None  # no manifest, no merged files: a card with zero rows
     assert prepare_out(out, {"provider": "x"}) == "new"
@@ -160,7 +160,7 @@ def test_shutil_copy_of_out_is_still_a_dataset(server, small_testdoc, tmp_path):
 
 
 def test_an_empty_split_is_left_out_of_the_configs_so_the_others_still_load(tmp_path):
-    from datakeg.card import write_card
+    from datakeg.dataset.card import write_card
 
     out = tmp_path / "out"
     out.mkdir()

@@ -1,4 +1,4 @@
-from datakeg.chunking import chunk_text
+from datakeg.sources.chunking import chunk_text
 
 MD = """---
 title: front matter is not content
@@ -94,7 +94,7 @@ def test_corpus_chunks_respect_size(corpus):
 def test_heading_breadcrumbs_drop_inline_markup_and_resolve_reference_links():
     """Headings are parsed for their text alone (the block parse skips inline markup), with the
     document's link reference definitions."""
-    from datakeg.chunking import _md_units
+    from datakeg.sources.chunking import _md_units
 
     units = _md_units("# [Foo][r] and [Bar] `x` *em*\n\ntext\n\n[r]: http://a\n[bar]: http://b\n")
     assert units[0].heading == (1, "Foo and Bar x em")

@@ -3,10 +3,10 @@ and every planted bad pair caught with its reason."""
 
 import pytest
 
-from datakeg.coverage import question_kind
-from datakeg.judge import parse_scores
-from datakeg.quality import Gate, Grounding, content_units, dangling, echo
-from datakeg.records import Pair, to_row, from_row
+from datakeg.curation.coverage import question_kind
+from datakeg.generation.judge import parse_scores
+from datakeg.curation.quality import Gate, Grounding, content_units, dangling, echo
+from datakeg.dataset.records import Pair, to_row, from_row
 
 from gate_corpus import BAD, GOOD
 

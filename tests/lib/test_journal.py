@@ -1,6 +1,6 @@
 """The request journal survives any reply text and a torn last line."""
 
-from datakeg.journal import JOURNAL, JOURNAL_DIR, Journal, request_key
+from datakeg.generation.journal import JOURNAL, JOURNAL_DIR, Journal, request_key
 
 
 def test_lone_surrogates_and_line_separators_are_journaled_and_replayed(tmp_path):

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from datakeg.leakage import (
+from datakeg.curation.leakage import (
     Leak,
     brute_force_pairs,
     find_leaks,
@@ -13,7 +13,7 @@ from datakeg.leakage import (
     similar_pairs,
     tfidf_matrix,
 )
-from datakeg.quality import normalize_question
+from datakeg.curation.quality import normalize_question
 
 COMMON = """how do i can what is the a to in on of for with from by at my your this that which when where why
 does should use set get run make find change add remove export import log file files config server client
@@ -49,7 +49,7 @@ def vectors(qs):
 
 
 def test_import_is_cheap():
-    code = ("import sys, datakeg.leakage; "
+    code = ("import sys, datakeg.curation.leakage; "
             "print(sorted(m for m in ('numpy', 'scipy', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,9 +1,9 @@
 import pytest
 
-from datakeg.discovery import output_stems
-from datakeg.parsing import ParseError, parse_pairs
-from datakeg.quality import Gate, Grounding, normalize_question
-from datakeg.records import Pair, from_row, to_row
+from datakeg.sources.discovery import output_stems
+from datakeg.generation.parsing import ParseError, parse_pairs
+from datakeg.curation.quality import Gate, Grounding, normalize_question
+from datakeg.dataset.records import Pair, from_row, to_row
 
 
 @pytest.mark.parametrize("reply", [

@@ -1,9 +1,9 @@
-"""datakeg.secrets.scrub: keys out of every message datakeg prints or writes."""
+"""datakeg.support.secrets.scrub: keys out of every message datakeg prints or writes."""
 
 import pytest
 
-from datakeg import secrets
-from datakeg.secrets import MASK, register_key_env, register_secret, scrub
+from datakeg.support import secrets
+from datakeg.support.secrets import MASK, register_key_env, register_secret, scrub
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from datakeg import semantic as sem
+from datakeg.curation import semantic as sem
 from datakeg.errors import ConfigError, DatakegError
-from datakeg.leakage import find_leaks, tfidf_matrix
-from datakeg.quality import normalize_question
+from datakeg.curation.leakage import find_leaks, tfidf_matrix
+from datakeg.curation.quality import normalize_question
 
 # Rewordings written for this test: same question, other words. Sentence-embedding cosine with the
 # packaged model >= 0.85 for all of these (measured: 0.91-0.96)...

@@ -3,7 +3,7 @@ import random
 import pytest
 
 from datakeg.errors import ConfigError
-from datakeg.targets import (
+from datakeg.generation.targets import (
     SPLITS,
     Ratios,
     apportion,

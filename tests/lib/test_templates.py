@@ -12,8 +12,8 @@ import pytest
 
 jinja2 = pytest.importorskip("jinja2")
 
-from datakeg.finetune.ollama_export import TEMPLATES, family_of_template
-from datakeg.finetune.templates import render
+from datakeg.training.ollama_export import TEMPLATES, family_of_template
+from datakeg.support.chat_template import render
 
 FIXTURES = json.loads((Path(__file__).parents[1] / "fixtures" / "official_chat_templates.json").read_text())
 # Two families the fixture file lacks, reduced to the branch without tools (the only one datakeg uses):
@@ -160,7 +160,7 @@ def test_system_goes_where_training_puts_it():
 
 
 def test_merged_folder_gets_tokenizer_model_when_the_base_has_one(tmp_path):
-    from datakeg.finetune.torch_backend import copy_tokenizer_files
+    from datakeg.training.torch_backend import copy_tokenizer_files
 
     base, merged = tmp_path / "base", tmp_path / "merged"
     base.mkdir()

@@ -1,0 +1,358 @@
+"""Scheduling one document: split rounds, gates and backfill.
+
+Per document the splits run in rounds: every chunk's train requests, then every chunk's valid
+requests (told to avoid this chunk's questions and the most similar train questions of the whole
+document, which is complete by then), then test (avoiding train and valid). Inside a round the
+chunks run in parallel; a deterministic pass in chunk order then drops near duplicates between
+chunks and asks again for what is missing. So the output is the same whatever the concurrency,
+and valid/test are always checked against every train question of the document.
+
+A request's journal key holds its exact prompt and how often that prompt was asked before for the
+same chunk and split, so a rerun replays every request it already paid for, in whatever order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from datakeg.curation.quality import Gate, grounding_for, normalize_question
+from datakeg.dataset.records import Pair, Reject
+from datakeg.dataset.splits import SPLITS
+from datakeg.generation.callbacks import Callbacks
+from datakeg.generation.calls import Caller
+from datakeg.generation.journal import request_key
+from datakeg.generation.judge import Judge
+from datakeg.generation.parsing import ParseError, pairs_schema, parse_pairs
+from datakeg.generation.planning import TOKENS_PER_PAIR, DocPlan, batches, spare_pairs
+from datakeg.generation.prompts import avoid_list, build_messages
+from datakeg.providers.base import ChatRequest
+from datakeg.settings import Settings
+
+
+@dataclass
+class Slot:
+    """What one chunk collected for one split."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    calls: int = 0
+    asked: Counter = field(default_factory=Counter)  # how often each exact prompt was asked
+    where: tuple = ()  # (chunk index, split): part of every journal key, so identical chunks never share one
+    errors: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    rejects: list[Reject] = field(default_factory=list)
+    judge_calls: int = 0  # judge requests made for this chunk and split (replayed ones included)
+    judged: int = 0  # pairs the judge scored
+    # pairs that passed every gate beyond the target (--spares): they replace pairs removed later
+    # (duplicate check, leakage audit) without a request; unused ones are discarded
+    reserve: list[Pair] = field(default_factory=list)
+    spares_used: int = 0
+    # requests that had to follow one another up to this slot's latest one: its own, one after the
+    # other, and those of the rounds and passes it waited for (see DocResult.chain)
+    chain: int = 0
+
+
+@dataclass
+class DocResult:
+    """One document's outcome: the pairs per chunk and split, and what was dropped or failed."""
+
+    plan: DocPlan
+    slots: list[dict[str, Slot]]
+    # (chunk, index of a train pair) -> rewordings of its question (--paraphrases)
+    paraphrases: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+
+    def pairs(self, split: str) -> list[Pair]:
+        return [p for s in self.slots for p in s[split].pairs]
+
+    @property
+    def chain(self) -> int:
+        """The longest chain of requests (replayed ones take no time and do not count) that had to
+        follow one another in this document: at latency L per request, no concurrency gets it done in
+        less than chain x L."""
+        return max((s[sp].chain for s in self.slots for sp in SPLITS), default=0)
+
+    def wait_for(self, i: int, split: str, chain: int) -> None:
+        """Chunk ``i``'s next request for ``split`` follows a chain of ``chain`` requests."""
+        slot = self.slots[i][split]
+        slot.chain = max(slot.chain, chain)
+
+    @property
+    def delivered(self) -> dict[str, int]:
+        return {sp: sum(len(s[sp].pairs) for s in self.slots) for sp in SPLITS}
+
+    @property
+    def dropped(self) -> Counter:
+        c = Counter()
+        for s in self.slots:
+            for sp in SPLITS:
+                c.update(s[sp].dropped)
+        return c
+
+    @property
+    def rejects(self) -> list[Reject]:
+        return [r for sp in SPLITS for s in self.slots for r in s[sp].rejects]
+
+    def short_chunks(self) -> list[tuple[int, str, int, int]]:
+        """(chunk, split, delivered, target) for every chunk and split below target."""
+        return [(i, sp, len(s[sp].pairs), self.plan.targets[i][sp]) for i, s in enumerate(self.slots)
+                for sp in SPLITS if len(s[sp].pairs) < self.plan.targets[i][sp]]
+
+
+class DocumentRunner:
+    def __init__(self, caller: Caller, settings: Settings, callbacks: Callbacks, judge=None):
+        self.caller = caller
+        self.settings = settings
+        self.cb = callbacks
+        self.schema = pairs_schema(settings.reasoning)
+        self.judge = Judge.build(caller, settings, callbacks, judge)  # None without --judge-model
+
+    # -- one request ------------------------------------------------------------------------
+    def _ask(self, dp: DocPlan, i: int, split: str, count: int, avoid: list[str], slot: Slot) -> list[Pair] | None:
+        chunk = dp.chunks[i]
+        messages = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
+                                  count=count, split=split, language=dp.language, avoid=avoid,
+                                  reasoning=self.settings.reasoning)
+        per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2)
+        task = {"excerpt": chunk.text, "count": count, "split": split, "language": dp.language, "avoid": avoid,
+                "reasoning": self.settings.reasoning}
+        request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
+                              max_tokens=200 + per_pair * count, seed=self.settings.seed, task=task)
+        # The journal key holds the chunk and split (two chunks with the same text are different
+        # work) and counts how often this exact prompt was asked before for them, not the call's position: a rerun in which an earlier request now succeeds (and so
+        # shifts the positions) still replays every prompt it already paid for.
+        prompt_id = request_key(messages=messages)
+        ordinal = [*slot.where, slot.asked[prompt_id]]
+        slot.asked[prompt_id] += 1
+        slot.calls += 1
+        reply = self.caller.call(request, ordinal, count, chunk=f"{dp.doc.relpath}#{i}")
+        slot.chain += 0 if reply.replayed else 1  # a replayed call takes no time
+        where = dict(source=dp.doc.relpath, chunk=chunk.index, split=split)
+        if reply.text is None:
+            slot.errors += 1
+            slot.rejects.append(Reject("request_failed", error=reply.error, **where))
+            self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): request failed: {reply.error}")
+            return None
+        try:
+            return parse_pairs(reply.text)
+        except ParseError as exc:
+            with self.caller.lock:
+                self.caller.stats.unparseable += 1
+            slot.rejects.append(Reject("unparseable_reply", error=str(exc), raw=reply.text, **where))
+            self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): unparseable reply kept in "
+                               "rejects.jsonl")
+            return None
+
+    # -- one chunk, one split ---------------------------------------------------------------
+    def fill(self, dp: DocPlan, i: int, split: str, slot: Slot, gate: Gate, mine: list[Pair],
+             elsewhere: list[str], max_calls: int, pinned: list[str] = ()) -> None:
+        """Ask until ``slot`` holds its target or ``max_calls`` more calls were made. ``pinned``
+        questions are always in the avoid list (questions removed by the leakage audit)."""
+        s = self.settings
+        want = dp.targets[i][split]
+        spare = spare_pairs(want, s.spares)
+        chunk = dp.chunks[i]
+        grounding = grounding_for(chunk.text)
+        made = 0
+        progress = False
+        # ``max_calls`` requests, and more as long as each one adds usable pairs (a model that keeps
+        # returning half of what it is asked still gets there); at most ``want`` extra in all
+        while len(slot.pairs) < want and (made < max_calls or progress) and made < max_calls + want:
+            remaining = want - len(slot.pairs)
+            count = batches(remaining, s.batch_size)[0]
+            if count == remaining:  # the last batch: spares ride along where it has room (never a request)
+                count = min(s.batch_size, count + max(0, spare - len(slot.reserve)))
+            pin = list(dict.fromkeys(pinned))[: s.avoid_cap // 3]
+            avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
+            made += 1
+            pairs = self._ask(dp, i, split, count, avoid, slot)
+            progress = False
+            if pairs is None:
+                continue
+            batch: list[str] = []
+            passed: list[tuple[Pair, str]] = []
+            for pair in pairs:
+                reason = gate.check(pair, grounding, batch) or ("over_count" if len(passed) >= count else None)
+                if reason:
+                    self._drop(slot, dp, i, split, pair, reason)
+                    continue
+                norm = normalize_question(pair.question)
+                batch.append(norm)
+                passed.append((pair, norm))
+            kept = 0
+            for pair, norm, scores in self._judged(dp, i, split, passed, slot):
+                gate.accept(norm)
+                if len(slot.pairs) >= want:
+                    slot.reserve.append(pair)
+                    continue
+                slot.pairs.append(pair)
+                mine.append(pair)
+                kept += 1
+            progress = kept > 0
+            self.cb.on_pairs(kept)
+
+    def promote(self, res: DocResult, i: int, split: str, gate: Gate, kept: list[str] | None = None) -> int:
+        """Fill what chunk ``i`` lacks for ``split`` from its reserve, in reserve order; a spare that
+        ``gate`` (or ``kept``) finds a duplicate of is dropped. A promoted question is added to
+        ``kept`` when given, else accepted by ``gate``. Returns how many were promoted."""
+        slot = res.slots[i][split]
+        want = res.plan.targets[i][split]
+        promoted = 0
+        while len(slot.pairs) < want and slot.reserve:
+            pair = slot.reserve.pop(0)
+            norm = normalize_question(pair.question)
+            if gate.is_duplicate(norm, kept or []):
+                self._drop(slot, res.plan, i, split, pair, "duplicate")
+                continue
+            (kept.append if kept is not None else gate.accept)(norm)
+            slot.pairs.append(pair)
+            slot.spares_used += 1
+            promoted += 1
+        return promoted
+
+    def _drop(self, slot: Slot, dp: DocPlan, i: int, split: str, pair: Pair, reason: str,
+              scores: dict | None = None) -> None:
+        slot.dropped[reason] += 1
+        slot.rejects.append(Reject("dropped_pair", reason=reason, source=dp.doc.relpath, chunk=dp.chunks[i].index,
+                                   split=split, question=pair.question, answer=pair.answer, scores=scores))
+
+    def _judged(self, dp: DocPlan, i: int, split: str, passed: list[tuple[Pair, str]], slot: Slot):
+        """The pairs of ``passed`` the judge keeps (all of them without a judge), with their scores;
+        the others are dropped as ``judge`` (scored below the threshold) or ``unjudged``."""
+        if self.judge is None or not passed:
+            return [(p, n, None) for p, n in passed]
+        chunk = dp.chunks[i]
+        scores = self.judge.score(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
+                                  pairs=[p for p, _ in passed], slot=slot)
+        keep = []
+        for (pair, norm), sc in zip(passed, scores):
+            if sc is None:
+                self._drop(slot, dp, i, split, pair, "unjudged")
+                continue
+            slot.judged += 1
+            if sc["score"] < self.settings.judge_threshold:
+                self._drop(slot, dp, i, split, pair, "judge", sc)
+                continue
+            keep.append((replace(pair, scores=sc) if self.settings.keep_scores else pair, norm, sc))
+        return keep
+
+    def gate(self, questions: list[str]) -> Gate:
+        s = self.settings
+        return Gate(dedupe_threshold=s.dedupe_threshold, grounding_threshold=s.effective_grounding,
+                    accepted=[normalize_question(q) for q in questions])
+
+    # -- one document -----------------------------------------------------------------------
+    def links_left(self, dp: DocPlan, split: str) -> int:
+        """Requests that must still follow one another in ``dp`` from the round of ``split`` on: per
+        round, the most batches one chunk needs."""
+        return sum(max((len(batches(t[sp], self.settings.batch_size)) for t in dp.targets), default=0)
+                   for sp in SPLITS[SPLITS.index(split):])
+
+    def priority(self, dp: DocPlan, split: str) -> float:
+        """Pool priority of a round's work (lower runs first): the document with the longest chain of
+        requests still ahead of it first (its chain is the run's critical path; a document in its
+        test round waits for one in its train round), the bigger document among equals."""
+        return -(self.links_left(dp, split) * 1e9 + dp.total)
+
+    def run(self, dp: DocPlan, pool) -> DocResult:
+        """All splits of one document. ``pool.submit(fn, *args, priority=...)`` runs the chunks'
+        work (lower priority values first)."""
+        s = self.settings
+        n = len(dp.chunks)
+        res = DocResult(dp, [{split: Slot(where=(i, split)) for split in SPLITS} for i in range(n)])
+        slots = res.slots
+        self.cb.on_document_start(dp)
+
+        for r, split in enumerate(SPLITS):
+            earlier = SPLITS[:r]
+            start = res.chain  # every request of the round waits for the earlier rounds
+            for i in range(n):
+                res.wait_for(i, split, start)
+
+            def work(i: int, split: str = split, earlier: tuple = earlier) -> None:
+                if dp.targets[i][split] == 0:
+                    return
+                mine = self.own(res, i, earlier[-1]) if earlier else []
+                # checked against every question of the earlier splits (final by now) and this chunk's
+                gate = self.gate(self.others(res, i, earlier) + [p.question for p in mine])
+                planned = len(batches(dp.targets[i][split], s.batch_size))
+                # the earlier splits' spares are avoided too where the avoid list has room (the list
+                # keeps the latest of this chunk's questions), so that one can still replace a pair later
+                spares = [p for sp in earlier for p in slots[i][sp].reserve]
+                self.fill(dp, i, split, slots[i][split], gate, spares + list(mine), self.others(res, i, earlier),
+                          planned + s.max_attempts)
+
+            # biggest jobs first, so the round's tail is short (the order of results does not matter)
+            order = sorted(range(n), key=lambda i: -dp.targets[i][split])
+            priority = self.priority(dp, split)
+            for f in [pool.submit(work, i, priority=priority) for i in order]:
+                f.result()
+            self.reconcile(res, split, pool, priority - 1e9)  # a refill is one more link
+        return res
+
+    def reconcile(self, res: DocResult, split: str, pool, priority: float = 0.0, after: int = 0) -> None:
+        """Near duplicates between the chunks of one round go (a deterministic pass in chunk order),
+        then the chunks that lost pairs ask again, in parallel, each against the same snapshot of
+        the document's questions; the new pairs are checked the same way, up to ``max_attempts``
+        passes. Nothing depends on which request finishes first. ``after``: the chain of requests
+        the pass also waits for beyond this document (see :attr:`DocResult.chain`)."""
+        s = self.settings
+        n = len(res.slots)
+        earlier = SPLITS[:SPLITS.index(split)]
+        gate = self.gate(self.others(res, -1, earlier))
+        # a spare is checked against every other split of the document (after the split rounds, e.g.
+        # in the leakage audit's backfill, the later splits exist too; a spare was never shown them)
+        spare_gate = self.gate(self.others(res, -1, tuple(sp for sp in SPLITS if sp != split)))
+        kept_norms: list[str] = []
+        checked = [0] * n
+        for attempt in range(s.max_attempts + 1):
+            lost = []
+            for i in range(n):
+                slot = res.slots[i][split]
+                survivors = slot.pairs[:checked[i]]
+                for p in slot.pairs[checked[i]:]:
+                    norm = normalize_question(p.question)
+                    if gate.is_duplicate(norm, kept_norms):
+                        slot.dropped["duplicate"] += 1
+                        slot.rejects.append(Reject("dropped_pair", reason="duplicate", source=res.plan.doc.relpath,
+                                                   chunk=i, split=split, question=p.question, answer=p.answer))
+                        continue
+                    kept_norms.append(norm)
+                    survivors.append(p)
+                shrank = len(survivors) < len(slot.pairs)
+                slot.pairs = survivors
+                if shrank:  # spares first (no request), checked like the rest
+                    self.promote(res, i, split, spare_gate, kept_norms)
+                    if len(slot.pairs) < res.plan.targets[i][split]:
+                        lost.append(i)
+                checked[i] = len(slot.pairs)
+            if not lost or attempt == s.max_attempts:
+                return
+            snapshot = {i: self.others(res, i, SPLITS) for i in lost}
+            start = max(res.chain, after)  # the pass waits for the whole round (``after``: and more)
+            for i in lost:
+                res.wait_for(i, split, start)
+            futures = [pool.submit(self.refill, res, i, split, [], 1, snapshot[i], priority=priority - 0.5)
+                       for i in lost]
+            for f in futures:
+                f.result()
+
+    def refill(self, res: DocResult, i: int, split: str, avoid_also: list[str], max_calls: int,
+               others: list[str] | None = None) -> None:
+        """Ask chunk ``i`` again for what ``split`` is missing, checked against every question the
+        document holds in any split (``others``: a snapshot of the other chunks' questions, so that
+        chunks can refill in parallel deterministically), and told to avoid ``avoid_also``
+        (questions removed elsewhere)."""
+        if others is None:
+            others = self.others(res, i, SPLITS)
+        mine = [p for sp in SPLITS for p in res.slots[i][sp].pairs]  # every split: none may come back
+        self.fill(res.plan, i, split, res.slots[i][split], self.gate(others + [p.question for p in mine]
+                                                                     + list(avoid_also)),
+                  mine, others, max_calls, pinned=avoid_also)
+
+    @staticmethod
+    def own(res: DocResult, i: int, upto: str) -> list[Pair]:
+        return [p for sp in SPLITS[:SPLITS.index(upto) + 1] for p in res.slots[i][sp].pairs]
+
+    @staticmethod
+    def others(res: DocResult, i: int, splits: tuple[str, ...]) -> list[str]:
+        return [p.question for j, s in enumerate(res.slots) if j != i for sp in splits for p in s[sp].pairs]
