@@ -94,11 +94,27 @@ def plan(src, out=None, **settings) -> DryRun:
     from datakeg.generation.planning import estimate, make_plan
 
     s = Settings.build(**settings)
+    task = _task(s)
     src = Path(src)
     _check_paths(src, Path(out) if out is not None else None)
     docs, skipped = _read(src, Path(out) if out is not None else None, s)
-    p = make_plan(docs, skipped, s)
-    return DryRun(p, estimate(p, s))
+    p = make_plan(docs, skipped, s, task)
+    return DryRun(p, estimate(p, s, task))
+
+
+def _task(s: Settings):
+    """The run's task (``--task``), checked against the settings: a bad task file stops the run
+    before any request (ConfigError, exit 2)."""
+    from datakeg.generation.task import load_task
+
+    task = load_task(s.task)
+    if task.turns > 1 and s.reasoning:
+        raise ConfigError(f"task {task.name!r} writes conversations of {task.turns} turns; --format reasoning holds "
+                          "one question and answer.", "Use --format chat (multi-turn rows are written as messages).")
+    if task.turns > 1 and s.paraphrases:
+        raise ConfigError("--paraphrases rewords single questions; it does not work with a multi-turn task.",
+                          "Drop --paraphrases, or use a task with turns = 1.")
+    return task
 
 
 def generate(src, out, *, provider: str = "ollama", model: str | None = None, base_url: str | list[str] | None = None,
@@ -125,6 +141,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     from datakeg.generation.calls import Limits
     from datakeg.generation.pipeline import Generator
     from datakeg.generation.planning import make_plan
+    from datakeg.generation.task import load_task
     from datakeg.providers import create_provider
 
     cb = callbacks or Callbacks()
@@ -134,10 +151,11 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
                                     or not 1 <= concurrency <= 1024):
         raise ConfigError(f"--concurrency must be a whole number from 1 to 1024, got {concurrency!r}.")
     s = Settings.build(**settings)
+    task = _task(s)
     src, out = Path(src), Path(out)
     _check_paths(src, out)
     docs, skipped = _read(src, out, s)
-    the_plan = make_plan(docs, skipped, s)
+    the_plan = make_plan(docs, skipped, s, task)
     urls = list(base_url) if isinstance(base_url, (list, tuple)) else [base_url]
     if not urls:
         urls = [None]
@@ -159,7 +177,11 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
 
             semantic = SemanticModel(s.semantic_model, s.semantic_threshold)
             semantic.check()  # loads it: a missing extra or a bad folder stops the run before any work
+        # the task by its content (a copy elsewhere is the same run; a changed word is another)
+        # (the default task is left out: folders written before task files existed still resume)
         fingerprint = {**prov.fingerprint(), "settings": s.shaping()}
+        if task.sha256 != load_task().sha256:
+            fingerprint["task"] = task.identity()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -176,7 +198,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
             gen = Generator([p for p in provs if p is not judge], s, out, cb,
                             concurrency=concurrency or prov.default_concurrency,
                             limits=Limits(s.max_requests, s.max_tokens, s.max_cost), judge=judge,
-                            semantic=semantic)
+                            semantic=semantic, task=task)
             if mode == "resume" and len(gen.journal):
                 cb.on_message(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
             run = gen.run(the_plan, src)

@@ -29,6 +29,10 @@ def opt(default, help: str, *, shapes: bool = True, choices: tuple | None = None
 class Settings:
     """Options of a generate run by their Python names (the CLI flag with ``-`` for ``_``)."""
 
+    task: str = opt("qa", "What the model is asked to write: a built-in task (qa, conversation, mix: see `datakeg "
+                    "tasks`) or a TOML task file (instructions, audiences, the mix of question kinds, answer style, "
+                    "examples, turns). Its content, not its path, is part of the run's identity.", shapes=False,
+                    metavar="FILE|NAME")
     format: str = opt("completion", 'Row shape: completion {"prompt","completion"}; chat {"messages":[...]}; '
                       "reasoning (see --reasoning-format).", choices=FORMATS, short="-f")
     reasoning_format: str = opt("separate", 'For --format reasoning: separate {"question","reasoning","answer"} '

@@ -54,7 +54,7 @@ def pending_entry(dp) -> dict:
 
 def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: RunStats, provider_info: dict,
           settings: dict, concurrency: int, source: Path, started: float, audit: dict | None,
-          stop_reason: str | None = None, endpoints: list[dict] | None = None) -> dict:
+          stop_reason: str | None = None, endpoints: list[dict] | None = None, task=None) -> dict:
     files = [file_entry(r) if r is not None else pending_entry(dp) for dp, r in zip(plan.docs, results)]
     done = [f for f in files if f["status"] == "done"]
     target = {s: sum(dp.by_split[s] for dp in plan.docs) for s in SPLITS}
@@ -73,6 +73,7 @@ def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: Ru
         "source": str(source),
         **provider_info,
         "settings": settings,
+        **({"task": task.identity()} if task is not None else {}),
         "concurrency": concurrency,
         "totals": {
             "files": len(files), "files_done": len(done), "chunks": plan.chunks,
@@ -100,7 +101,7 @@ def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: Ru
                       for k in ("requests", "pairs_scored", "dropped", "unjudged")}}
            if any("judge" in f for f in done) else {}),
         "leakage_audit": audit,
-        "coverage": coverage(results),
+        "coverage": coverage(results, task),
         "warnings": list(plan.warnings),
         "skipped": [{"path": s.relpath, "reason": s.reason} for s in plan.skipped],
         "files": files,

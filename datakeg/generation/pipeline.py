@@ -58,7 +58,7 @@ class Generator:
 
     def __init__(self, provider: Provider | list[Provider], settings: Settings, out: Path,
                  callbacks: Callbacks | None = None, concurrency: int = 1, limits: Limits | None = None,
-                 judge: Provider | None = None, semantic=None):
+                 judge: Provider | None = None, semantic=None, task=None):
         """``provider``: one provider, or one per endpoint (same model); ``concurrency`` is per endpoint;
         ``semantic``: a :class:`datakeg.curation.semantic.SemanticModel` for ``--semantic-dedupe``."""
         self.providers = provider if isinstance(provider, list) else [provider]
@@ -69,7 +69,8 @@ class Generator:
         self.concurrency = max(1, concurrency)
         self.journal = Journal(self.out)
         self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
-        self.runner = DocumentRunner(self.caller, settings, self.cb, judge)
+        self.runner = DocumentRunner(self.caller, settings, self.cb, judge, task)
+        self.task = self.runner.task
         self.semantic = semantic
         self.lock = threading.Lock()
         self._last_manifest = 0.0
@@ -96,7 +97,8 @@ class Generator:
         return manifest_mod.build(status=status, plan=plan, results=results, stats=self.stats,
                                   provider_info=self.provider.describe(), settings=self.settings.shaping(),
                                   concurrency=self.concurrency, source=source, started=started, audit=audit,
-                                  stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints])
+                                  stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints],
+                                  task=self.task)
 
     # -- the whole run ----------------------------------------------------------------------
     def run(self, plan: Plan, source: Path) -> RunResult:

@@ -26,6 +26,7 @@ from datakeg.generation.judge import Judge
 from datakeg.generation.parsing import ParseError, pairs_schema, parse_pairs
 from datakeg.generation.planning import TOKENS_PER_PAIR, DocPlan, batches, spare_pairs
 from datakeg.generation.prompts import avoid_list, build_messages
+from datakeg.generation.task import load_task
 from datakeg.providers.base import ChatRequest
 from datakeg.settings import Settings
 
@@ -99,20 +100,26 @@ class DocResult:
 
 
 class DocumentRunner:
-    def __init__(self, caller: Caller, settings: Settings, callbacks: Callbacks, judge=None):
+    def __init__(self, caller: Caller, settings: Settings, callbacks: Callbacks, judge=None, task=None):
         self.caller = caller
         self.settings = settings
         self.cb = callbacks
-        self.schema = pairs_schema(settings.reasoning)
+        self.task = task or load_task(settings.task)
+        self.schema = pairs_schema(settings.reasoning, [k.name for k in self.task.kinds], self.task.turns)
         self.judge = Judge.build(caller, settings, callbacks, judge)  # None without --judge-model
 
     # -- one request ------------------------------------------------------------------------
-    def _ask(self, dp: DocPlan, i: int, split: str, count: int, avoid: list[str], slot: Slot) -> list[Pair] | None:
+    def _ask(self, dp: DocPlan, i: int, split: str, count: int, avoid: list[str], slot: Slot,
+             kinds: list[dict] = ()) -> list[Pair] | None:
         chunk = dp.chunks[i]
+        t = self.task
+        # audiences take turns: over the dataset's chunks, the splits and each chunk's requests
+        audience = t.audiences[(dp.first_chunk + i + SPLITS.index(split) + slot.calls) % len(t.audiences)] \
+            if t.audiences else ""
         messages = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
                                   count=count, split=split, language=dp.language, avoid=avoid,
-                                  reasoning=self.settings.reasoning)
-        per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2)
+                                  reasoning=self.settings.reasoning, task=t, kinds=kinds, audience=audience)
+        per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2) * t.turns
         task = {"excerpt": chunk.text, "count": count, "split": split, "language": dp.language, "avoid": avoid,
                 "reasoning": self.settings.reasoning}
         request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
@@ -154,6 +161,7 @@ class DocumentRunner:
         grounding = grounding_for(chunk.text)
         made = 0
         progress = False
+        held: list[tuple[Pair, str]] = []  # passed every gate, but of a kind this chunk has enough of
         # ``max_calls`` requests, and more as long as each one adds usable pairs (a model that keeps
         # returning half of what it is asked still gets there); at most ``want`` extra in all
         while len(slot.pairs) < want and (made < max_calls or progress) and made < max_calls + want:
@@ -164,14 +172,16 @@ class DocumentRunner:
             pin = list(dict.fromkeys(pinned))[: s.avoid_cap // 3]
             avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
             made += 1
-            pairs = self._ask(dp, i, split, count, avoid, slot)
+            asked = self.kinds_to_ask(dp, i, split, slot, count, held)
+            pairs = self._ask(dp, i, split, count, avoid, slot, asked)
             progress = False
             if pairs is None:
                 continue
             batch: list[str] = []
             passed: list[tuple[Pair, str]] = []
             for pair in pairs:
-                reason = gate.check(pair, grounding, batch) or ("over_count" if len(passed) >= count else None)
+                reason = gate.check(pair, grounding, batch) or self.task_check(pair, grounding, gate) \
+                    or ("over_count" if len(passed) >= count else None)
                 if reason:
                     self._drop(slot, dp, i, split, pair, reason)
                     continue
@@ -180,6 +190,11 @@ class DocumentRunner:
                 passed.append((pair, norm))
             kept = 0
             for pair, norm, scores in self._judged(dp, i, split, passed, slot):
+                if self.task.kinds:  # recognised kind, or None; a kind over this chunk's quota waits
+                    pair = replace(pair, kind=self.task.recognise(pair.question, pair.kind))
+                    if len(slot.pairs) < want and self.kind_missing(dp, i, split, slot, held).get(pair.kind, 0) <= 0:
+                        held.append((pair, norm))
+                        continue
                 gate.accept(norm)
                 if len(slot.pairs) >= want:
                     slot.reserve.append(pair)
@@ -189,6 +204,58 @@ class DocumentRunner:
                 kept += 1
             progress = kept > 0
             self.cb.on_pairs(kept)
+        # pairs of a kind over its quota fill what the model did not deliver of the kinds asked
+        # (never fewer pairs than without a mix); the rest are dropped as off the mix
+        for pair, norm in held:
+            if len(slot.pairs) < want and not gate.is_duplicate(norm):
+                gate.accept(norm)
+                slot.pairs.append(pair)
+                mine.append(pair)
+                self.cb.on_pairs(1)
+            else:
+                self._drop(slot, dp, i, split, pair, "off_mix")
+
+    # -- the task: kinds, turns, answer style -------------------------------------------------
+    def kind_missing(self, dp: DocPlan, i: int, split: str, slot: Slot, held=()) -> Counter:
+        """Per kind, the pairs chunk ``i`` still lacks for ``split`` (its dealt quota less the pairs
+        of that kind it holds)."""
+        quota = Counter(dp.kinds[i][split]) if dp.kinds else Counter()
+        quota.subtract(p.kind for p in slot.pairs if p.kind)
+        return quota
+
+    def kinds_to_ask(self, dp: DocPlan, i: int, split: str, slot: Slot, count: int, held=()) -> list[dict]:
+        """The kinds one request asks for: what the chunk still lacks, in the task's order, topped up
+        (spares) by the kinds in the share of their weights."""
+        t = self.task
+        if not t.kinds:
+            return []
+        missing = self.kind_missing(dp, i, split, slot)
+        names = [k.name for k in t.kinds]
+        wanted = [n for n in names for _ in range(max(0, missing[n]))][:count]
+        mix = t.mix
+        while len(wanted) < count:  # spares, or a chunk whose quota is met: the kind most below its share
+            n = len(wanted) + 1
+            wanted.append(max(names, key=lambda k: (mix[k] * n - wanted.count(k), -names.index(k))))
+        counts = Counter(wanted)
+        return [{"name": k.name, "description": k.description, "count": counts[k.name]} for k in t.kinds
+                if counts[k.name]]
+
+    def task_check(self, pair: Pair, grounding, gate: Gate) -> str | None:
+        """The task's own gates: the number of turns, each later turn through the gates (not
+        ``dangling``: a follow-up may refer back), the answers' length bounds."""
+        t = self.task
+        if t.turns > 1:
+            if len(pair.followups) != t.turns - 1:
+                return "wrong_turns"
+            earlier = [normalize_question(pair.question)]
+            for q, a in pair.followups:
+                reason = gate.check_turn(q, a, grounding, earlier)
+                if reason:
+                    return f"{reason}_followup"
+                earlier.append(normalize_question(q))
+        if (t.min_words or t.max_words) and not all(t.answer_length_ok(a) for _, a in pair.user_turns):
+            return "answer_length"
+        return None
 
     def promote(self, res: DocResult, i: int, split: str, gate: Gate, kept: list[str] | None = None) -> int:
         """Fill what chunk ``i`` lacks for ``split`` from its reserve, in reserve order; a spare that

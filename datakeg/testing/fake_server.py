@@ -81,7 +81,10 @@ DEFAULT_MODELS = ("qwen2.5:3b", "fake-model")
 # the chunk sits between <excerpt-XXXXXX> and the same closing tag (datakeg.generation.prompts.excerpt_tag);
 # the back-reference keeps a "</excerpt>" written in the document from ending it early
 _EXCERPT = re.compile(r"<(excerpt(?:-[0-9a-f]+)?)>\n(.*?)\n</\1>", re.DOTALL)
-_COUNT = re.compile(r"Write exactly (\d+) new question-answer pair")
+_COUNT = re.compile(r"Write exactly (\d+) new (?:question-answer pair|conversation)")
+# a task's mix (the built-in task "mix" writes it so): '- 2 x "how-to": description'
+_KIND_LINE = re.compile(r'^- (\d+) x "([^"\n]+)":', re.MULTILINE)
+_TURNS = re.compile(r"Each conversation has exactly (\d+) user turns")
 _JUDGE_CHUNK = re.compile(r"<(chunk-[0-9a-f]+)>\n(.*?)\n</\1>", re.DOTALL)
 _JUDGE_MARK = "Rate each question-answer pair below"
 _HIRAGANA = re.compile("[\u3040-\u309f]")
@@ -130,8 +133,10 @@ REWORDED = "What do the docs explain regarding {span}?"  # the ``reworded`` faul
 
 
 def avoided(prompt: str) -> list[str]:
-    marker = "Do not write questions similar to these existing ones:\n"
-    if marker not in prompt:
+    markers = ("Do not write questions similar to these existing ones:\n",
+               "Do not start a conversation with a question similar to these existing ones:\n")
+    marker = next((m for m in markers if m in prompt), None)
+    if marker is None:
         return []
     block = prompt.split(marker, 1)[1].split("\n\n", 1)[0]
     return [line[2:] for line in block.splitlines() if line.startswith("- ")]
@@ -150,14 +155,23 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     seen_at = [i for i, (q, _) in enumerate(cands) if q in avoid_set]
     first = (max(seen_at) + 1) if seen_at else 0
     pairs = []
-    for q, a in cands[first:] + cands[:first]:
+    # a task's mix: the k-th pair is of the k-th kind asked, and says so in its "kind" field
+    kinds = [name for n, name in _KIND_LINE.findall(prompt) for _ in range(int(n))]
+    turns = int(_TURNS.search(prompt).group(1)) if _TURNS.search(prompt) else 1
+    order = [c for c in cands[first:] + cands[:first] if c[0] not in avoid_set]
+    for k, (q, a) in enumerate(order):
         if len(pairs) >= want:
             break
-        if q in avoid_set:
-            continue
         pair = {"question": q, "answer": a}
         if reasoning:
             pair = {"question": q, "reasoning": f"The documentation states: {a}", "answer": a}
+        if kinds:
+            pair["kind"] = kinds[len(pairs) % len(kinds)]
+        if turns > 1:  # follow-ups about the next spans of the excerpt, referring back to the first
+            later = order[k + 1:] + order[:k]
+            pair["followups"] = [{"question": f"And what follows from that about {fq[len('What is said about '):-1]}?",
+                                  "answer": fa} for fq, fa in (later[j % len(later)] if later else (q, a)
+                                                               for j in range(turns - 1))]
         pairs.append(pair)
     if "reworded" in active:
         prefix = "What is said about "
