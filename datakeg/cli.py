@@ -197,6 +197,8 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
       datakeg generate ./docs ./out --dry-run                           # estimate first
       datakeg generate ./docs ./out -p openai -m M --base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1
       datakeg generate ./docs ./out --judge-model qwen2.5:7b --paraphrases 2   # curate, and teach facts
+      datakeg generate ./docs ./out --task conversation                # 3-turn chat rows (see `datakeg tasks`)
+      datakeg generate ./docs ./out --task mytask.toml                 # your instructions, kinds, audiences
     """
     import datakeg
 
@@ -234,6 +236,46 @@ def init_config(path):
         raise DatakegError(f"{path} already exists; not overwriting it.")
     path.write_text(config_example(), encoding="utf-8")
     click.echo(f"Wrote {path}. Use it with: datakeg generate SRC OUT --config {path}")
+
+
+@cli.group("tasks", context_settings=CONTEXT, invoke_without_command=True)
+@click.pass_context
+def tasks(ctx):
+    """List the built-in tasks (what `generate --task NAME` asks the model to write), one line each.
+
+    \b
+    A task is a TOML file: the system prompt, the instructions (a Jinja2 template over named fields:
+    source, section, tag, excerpt, count, split, language, avoid, reasoning, fields, example, turns,
+    kinds, audience, style, examples; any other name is an error), the audiences, the mix of question
+    kinds with weights, the answer style, few-shot examples and the number of turns. See the README's
+    "Task files".
+
+    \b
+    Examples:
+      datakeg tasks                                   # the built-ins
+      datakeg tasks show mix > mytask.toml            # copy one, edit it ...
+      datakeg generate ./docs ./out --task mytask.toml
+      datakeg generate ./docs ./out --task conversation   # 3-turn chat rows
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from datakeg.generation.task import builtin_tasks
+
+    for t in builtin_tasks():
+        extra = [f"{t.turns} turns"] if t.turns > 1 else []
+        if t.kinds:
+            extra.append("kinds " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in t.mix.items()))
+        click.echo(f"  {t.name:<13} {t.description}" + (f" [{'; '.join(extra)}]" if extra else ""))
+    click.echo("\nPrint one with `datakeg tasks show NAME` (to copy and edit); use it with `generate --task NAME|FILE`.")
+
+
+@tasks.command("show", context_settings=CONTEXT)
+@click.argument("name")
+def tasks_show(name):
+    """Print the task file NAME (a built-in, or a task file's path, checked), to copy and edit."""
+    from datakeg.generation.task import load_task
+
+    click.echo(load_task(name).text, nl=False)
 
 
 @cli.command(context_settings=CONTEXT)

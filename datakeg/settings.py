@@ -230,6 +230,8 @@ def config_example() -> str:
         "# datakeg generate configuration (TOML). Use it with: datakeg generate SRC OUT --config datakeg.toml",
         "# Any `generate` option can go here (dashes or underscores); command-line flags override this file.",
         "# API keys never go here: set OPENROUTER_API_KEY / OPENAI_API_KEY in the environment.",
+        "# What the model is asked to write is a task: `datakeg tasks` lists the built-ins and",
+        "# `datakeg tasks show mix > mytask.toml` prints one to edit; then set task = \"mytask.toml\".",
         "",
         'provider = "ollama"            # ' + " | ".join(_provider_names()),
         '# model = "qwen2.5:3b"         # default: the provider\'s default model',

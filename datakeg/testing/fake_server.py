@@ -148,7 +148,8 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     excerpt = m.group(2) if m else prompt
     count = int(_COUNT.search(prompt).group(1)) if _COUNT.search(prompt) else 3
     avoid = avoided(prompt)
-    avoid_set = set(avoid)
+    # a question it wrote for a task's kind opens with "[kind] " (see below): the same span either way
+    avoid_set = {re.sub(r"^\[[^\]\n]+\] ", "", q) for q in avoid}
     want = (count + 1) // 2 if "fewer" in active else count
     # Move on from where the avoided questions stop, as a model continuing its work would.
     cands = candidates(excerpt)
@@ -165,8 +166,9 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
         pair = {"question": q, "answer": a}
         if reasoning:
             pair = {"question": q, "reasoning": f"The documentation states: {a}", "answer": a}
-        if kinds:
+        if kinds:  # the question says its kind too, so a test can check the rows on disk
             pair["kind"] = kinds[len(pairs) % len(kinds)]
+            pair["question"] = f"[{pair['kind']}] {q}"
         if turns > 1:  # follow-ups about the next spans of the excerpt, referring back to the first
             later = order[k + 1:] + order[:k]
             pair["followups"] = [{"question": f"And what follows from that about {fq[len('What is said about '):-1]}?",

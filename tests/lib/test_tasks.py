@@ -71,3 +71,84 @@ def test_default_prompts_are_byte_identical_to_before(case):
     from datakeg.generation.prompts import build_messages
 
     assert build_messages(**case) == legacy_build_messages(**case)
+
+
+# -- task files: every built-in loads; bad files are one clear line ---------------------------------
+from datakeg.errors import ConfigError  # noqa: E402
+from datakeg.generation.task import builtin_names, load_task, parse_task  # noqa: E402
+
+
+def test_builtins_load_and_qa_is_the_default_and_todays_system_prompt():
+    assert {"qa", "conversation", "mix"} <= set(builtin_names())
+    assert load_task().name == "qa" and load_task().system == LEGACY_SYSTEM
+    assert load_task("conversation").turns == 3
+    mix = load_task("mix")
+    assert abs(sum(mix.mix.values()) - 1) < 1e-9 and mix.mix["factual"] == 0.3
+
+
+GOOD = '''name = "t"
+description = "d"
+instructions = """<{{ tag }}>
+{{ excerpt }}
+</{{ tag }}>
+Write exactly {{ count }} new question-answer pairs."""
+'''
+
+
+@pytest.mark.parametrize("text,needle", [
+    (GOOD.replace('name = "t"\n', ""), "the field 'name' is missing"),
+    (GOOD.replace("{{ count }}", "{{ cuont }}"), "unknown field {{ cuont }}"),
+    (GOOD.replace("{{ excerpt }}", "(no text)"), "never shows the excerpt"),
+    (GOOD + "[kinds]\nhow-to = 0\n", "weight of kind 'how-to' must be a positive number"),
+    (GOOD + "[kinds]\nhow-to = -3\n", "must be a positive number"),
+    (GOOD + '[kinds]\nhow-to = "lots"\n', "must be a positive number"),
+    (GOOD + "[kinds]\nmigration = 10\n", "kind 'migration' needs a one-line description"),
+    (GOOD + "colour = 3\n", "unknown field 'colour'"),
+    (GOOD + 'audiences = ["a new user"]\n', "never uses {{ audience }}"),
+    (GOOD + "turns = 0\n", "'turns' must be a whole number"),
+    (GOOD + "[answer]\nmax_words = 5\nmin_words = 9\n", "above 'answer.max_words'"),
+    (GOOD.replace('description = "d"', 'description = "d'), "TOML syntax error"),
+    (GOOD.replace("{{ count }}", "{% if count %}"), "not a valid template"),
+])
+def test_bad_task_files_are_one_clear_line(text, needle):
+    with pytest.raises(ConfigError) as exc:
+        parse_task(text, "my.toml")
+    assert needle in exc.value.message, exc.value.message
+    assert "\n" not in exc.value.message and exc.value.message.startswith("task file my.toml: ")
+    assert exc.value.exit_code == 2
+
+
+def test_toml_syntax_error_names_its_line():
+    text = GOOD + "\n\nbroken = = 3\n"
+    with pytest.raises(ConfigError) as exc:
+        parse_task(text, "my.toml")
+    assert f"line {text.splitlines().index('broken = = 3') + 1}" in exc.value.message
+
+
+def test_content_not_path_identifies_a_task(tmp_path):
+    a, b = tmp_path / "a.toml", tmp_path / "sub" / "b.toml"
+    b.parent.mkdir()
+    a.write_text(GOOD)
+    b.write_text("# a comment\n" + GOOD)
+    assert load_task(a).sha256 == load_task(b).sha256
+    b.write_text(GOOD.replace("Write exactly", "Write precisely"))
+    assert load_task(a).sha256 != load_task(b).sha256
+
+
+def test_kinds_are_dealt_by_largest_remainder_over_the_dataset():
+    from datakeg.generation.planning import DocPlan, deal_kinds
+
+    class Doc:
+        relpath = "d.md"
+
+    # 40 chunks of 1-3 pairs: a per-chunk deal would give the heaviest kind every single pair
+    targets = [{"train": 1 + i % 3, "valid": 1, "test": 0} for i in range(40)]
+    dp = DocPlan(Doc(), "d", ["c"] * 40, 0, targets)
+    mix = {"a": 0.5, "b": 0.3, "c": 0.15, "d": 0.05}
+    deal_kinds([dp], mix)
+    for split in ("train", "valid"):
+        dealt = [k for per in dp.kinds for k in per[split]]
+        assert len(dealt) == sum(t[split] for t in targets)
+        for n in range(1, len(dealt) + 1):  # every prefix is within one pair of the weights
+            for k, w in mix.items():
+                assert abs(dealt[:n].count(k) - w * n) < 1 + 1e-9, (split, n, k)
