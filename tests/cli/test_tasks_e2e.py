@@ -193,3 +193,31 @@ def test_conversations_round_trip_and_the_audit_checks_first_turns(tmp_path):
         fh.write(json.dumps(planted) + "\n")
     result = run(["audit", str(out)])
     assert result.exit_code == 1 and train[0]["messages"][0]["content"] in result.output
+
+
+def test_finetune_trains_on_every_assistant_turn():
+    pytest.importorskip("transformers", reason="needs the [torch] extra")
+    from datakeg.dataset.records import Pair
+    from datakeg.providers.local import bundled_tokenizer
+    from datakeg.support.chat_template import ensure_chat_template
+    from datakeg.training.torch_backend import encode
+
+    tok = bundled_tokenizer()
+    ensure_chat_template(tok)
+    conv = Pair("How do I install Tallyho?", "Run pip install tallyho.",
+                followups=(("And how do I undo that?", "Run pip uninstall tallyho."),
+                           ("Does that keep my config?", "Yes, the config file stays."))).conversation("Be brief.")
+    ids, labels = encode(tok, conv.messages)
+    assert len(ids) == len(labels)
+    trained = [i for i, lab in zip(ids, labels) if lab != -100]
+    text = tok.decode(trained)
+    # the three answers, each with its end-of-turn marker, and nothing of the questions or system
+    for answer in ("Run pip install tallyho.", "Run pip uninstall tallyho.", "Yes, the config file stays."):
+        assert f"{answer}<|im_end|>" in text
+    assert "How do I" not in text and "undo" not in text and "Be brief" not in text
+    # the whole sequence is exactly the rendered conversation
+    from datakeg.support.chat_template import render
+
+    assert tok.decode(ids) == tok.bos_token + render(tok, conv.messages) + tok.eos_token
+    single, single_labels = encode(tok, Pair("Q one?", "A one.").conversation().messages)
+    assert tok.decode([i for i, lab in zip(single, single_labels) if lab != -100]).startswith("A one.<|im_end|>")
