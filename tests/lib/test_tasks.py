@@ -152,3 +152,10 @@ def test_kinds_are_dealt_by_largest_remainder_over_the_dataset():
         for n in range(1, len(dealt) + 1):  # every prefix is within one pair of the weights
             for k, w in mix.items():
                 assert abs(dealt[:n].count(k) - w * n) < 1 + 1e-9, (split, n, k)
+
+
+def test_readme_shows_the_builtin_mix_task_as_its_complete_example():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "```toml\n" + load_task("mix").text + "```" in readme
