@@ -161,6 +161,13 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
         urls = [None]
     if len({u.rstrip("/") if isinstance(u, str) else u for u in urls}) != len(urls):
         raise ConfigError("the same --base-url is given twice", "Give each model server once.")
+    if provider == "local" and task.sha256 != load_task().sha256:
+        # the offline base model cannot follow instructions: it writes pairs from few-shot examples
+        if task.turns > 1 or task.kinds:
+            raise ConfigError(f"the offline model (--provider local) cannot follow task {task.name!r}: it writes "
+                              "single question-answer pairs from a few-shot prompt of its own, without kinds or turns.",
+                              "Use an instruct model (Ollama, an OpenAI-compatible server, OpenRouter) for this task.")
+        cb.on_warning(f"the offline model (--provider local) ignores the instructions of task {task.name!r}")
     provs = [create_provider(provider, model=model, base_url=u, timeout=s.request_timeout,
                              structured=s.structured, max_retries=s.max_retries) for u in urls]
     try:

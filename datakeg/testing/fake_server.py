@@ -6,6 +6,13 @@ excerpt inside them: each question names a short span of the excerpt and its ans
 around that span, so every answer is grounded. It honours the requested count and skips the
 questions the prompt says to avoid.
 
+Tasks (``generate --task``): a prompt that lists kinds the way the built-in task ``mix`` does
+(``- 2 x "how-to": ...``) gets pairs of exactly those kinds, in that order: each names its kind
+in a "kind" field and opens its question with ``[kind] `` (so a test can tell the kind from the
+rows on disk). A prompt saying "Each conversation has exactly N user turns" gets conversations
+whose "followups" hold N-1 more turns about the next spans of the excerpt ("And what follows from
+that about ...?"), each answer grounded like the first.
+
 Faults (each ``name`` or ``name:N``; default every request). With N, the fault hits about one
 request in N, chosen by the request's content and how often that same request was seen before, so
 the same requests fail whatever order concurrent clients send them in, and a retry can succeed:

@@ -221,3 +221,22 @@ def test_finetune_trains_on_every_assistant_turn():
     assert tok.decode(ids) == tok.bos_token + render(tok, conv.messages) + tok.eos_token
     single, single_labels = encode(tok, Pair("Q one?", "A one.").conversation().messages)
     assert tok.decode([i for i, lab in zip(single, single_labels) if lab != -100]).startswith("A one.<|im_end|>")
+
+
+def test_mlx_trains_on_every_assistant_turn_one_example_each():
+    from datakeg.dataset.records import Pair
+    from datakeg.training.mlx_backend import per_answer
+
+    three = Pair("Q1?", "A1.", followups=(("Q2?", "A2."), ("Q3?", "A3."))).conversation("S")
+    one = Pair("Q?", "A.").conversation()
+    examples = per_answer([three, one])
+    # mlx-lm masks everything before the last message of an example: each answer ends one
+    assert [e["messages"][-1]["content"] for e in examples] == ["A1.", "A2.", "A3.", "A."]
+    assert examples[2]["messages"] == three.messages and examples[3]["messages"] == one.messages
+    assert examples[1]["messages"] == three.messages[:5]
+
+
+def test_the_offline_model_refuses_a_task_it_cannot_follow(tmp_path):
+    result = run(["generate", str(TESTDOC), str(tmp_path / "out"), "-p", "local", "--task", "conversation", "-q"])
+    assert result.exit_code == 2 and "cannot follow task 'conversation'" in result.output
+    assert not (tmp_path / "out").exists()
