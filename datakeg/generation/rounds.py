@@ -172,7 +172,7 @@ class DocumentRunner:
             pin = list(dict.fromkeys(pinned))[: s.avoid_cap // 3]
             avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
             made += 1
-            asked = self.kinds_to_ask(dp, i, split, slot, count, held)
+            asked = self.kinds_to_ask(dp, i, split, slot, count)
             pairs = self._ask(dp, i, split, count, avoid, slot, asked)
             progress = False
             if pairs is None:
@@ -190,9 +190,11 @@ class DocumentRunner:
                 passed.append((pair, norm))
             kept = 0
             for pair, norm, scores in self._judged(dp, i, split, passed, slot):
-                if self.task.kinds:  # recognised kind, or None; a kind over this chunk's quota waits
+                if self.task.kinds:  # its recognised kind (None: unrecognised, taken as it comes)
                     pair = replace(pair, kind=self.task.recognise(pair.question, pair.kind))
-                    if len(slot.pairs) < want and self.kind_missing(dp, i, split, slot, held).get(pair.kind, 0) <= 0:
+                    # a kind this chunk already has enough of waits (the next request asks for the rest)
+                    if pair.kind is not None and len(slot.pairs) < want \
+                            and self.kind_missing(dp, i, split, slot)[pair.kind] <= 0:
                         held.append((pair, norm))
                         continue
                 gate.accept(norm)
@@ -216,14 +218,14 @@ class DocumentRunner:
                 self._drop(slot, dp, i, split, pair, "off_mix")
 
     # -- the task: kinds, turns, answer style -------------------------------------------------
-    def kind_missing(self, dp: DocPlan, i: int, split: str, slot: Slot, held=()) -> Counter:
+    def kind_missing(self, dp: DocPlan, i: int, split: str, slot: Slot) -> Counter:
         """Per kind, the pairs chunk ``i`` still lacks for ``split`` (its dealt quota less the pairs
         of that kind it holds)."""
         quota = Counter(dp.kinds[i][split]) if dp.kinds else Counter()
         quota.subtract(p.kind for p in slot.pairs if p.kind)
         return quota
 
-    def kinds_to_ask(self, dp: DocPlan, i: int, split: str, slot: Slot, count: int, held=()) -> list[dict]:
+    def kinds_to_ask(self, dp: DocPlan, i: int, split: str, slot: Slot, count: int) -> list[dict]:
         """The kinds one request asks for: what the chunk still lacks, in the task's order, topped up
         (spares) by the kinds in the share of their weights."""
         t = self.task

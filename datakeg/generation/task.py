@@ -119,12 +119,23 @@ class Task:
         return kind.name
 
     def answer_length_ok(self, answer: str) -> bool:
-        n = len(answer.split())
+        n = count_words(answer)
         return (not self.min_words or n >= self.min_words) and (not self.max_words or n <= self.max_words)
 
     # -- rendering ------------------------------------------------------------------------
     def render(self, **values) -> str:
         return _compiled(self.instructions).render(**values)
+
+
+_CJK_RUN = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
+
+
+def count_words(text: str) -> int:
+    """Words for the answer length bounds: whitespace-separated words, where Chinese, Japanese and
+    Korean text (no spaces) counts one word per two characters, rounded up."""
+    cjk = _CJK_RUN.findall(text)
+    rest = _CJK_RUN.sub(" ", text)
+    return len(rest.split()) + sum((len(r) + 1) // 2 for r in cjk)
 
 
 def _kind_key(name: str) -> str:

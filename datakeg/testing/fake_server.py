@@ -47,6 +47,8 @@ the same requests fail whatever order concurrent clients send them in, and a ret
               dangling question ("What does this section say about X?"; Chinese and Japanese
               excerpts get "本节…" / "この節…") or with an echo answer (the question's own words),
               alternately
+  onekind     to a prompt that asks for a mix of kinds, every pair of the reply is of the first kind
+              asked (as a model that ignores the mix does)
 The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)`` instead makes every
 request (models and tags too) without ``Authorization: Bearer <api_key>`` fail with ``auth_status``.
 
@@ -76,7 +78,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
+FAULTS = ("onekind", "leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
           "huge", "junk", "reworded", "textplain200")
 HTTP_FAULTS = frozenset({"http401", "http403", "http429", "http500", "echoauth", "html200", "notjson200", "error200"})
@@ -165,6 +167,8 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     pairs = []
     # a task's mix: the k-th pair is of the k-th kind asked, and says so in its "kind" field
     kinds = [name for n, name in _KIND_LINE.findall(prompt) for _ in range(int(n))]
+    if "onekind" in active:
+        kinds = kinds[:1]
     turns = int(_TURNS.search(prompt).group(1)) if _TURNS.search(prompt) else 1
     order = [c for c in cands[first:] + cands[:first] if c[0] not in avoid_set]
     for k, (q, a) in enumerate(order):

@@ -159,3 +159,11 @@ def test_readme_shows_the_builtin_mix_task_as_its_complete_example():
 
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     assert "```toml\n" + load_task("mix").text + "```" in readme
+
+
+def test_answer_length_counts_words_and_cjk_characters():
+    from datakeg.generation.task import count_words
+
+    assert count_words("Run `tallyho count` on the file.") == 6
+    assert count_words("日本語のテキストは文字で数えます。") == 9  # 17 characters, 2 per word
+    assert count_words("Use tallyho で数える") == 2 + 2
