@@ -178,6 +178,16 @@ def test_conversations_round_trip_and_the_audit_checks_first_turns(tmp_path):
     tokens = processed[0] if isinstance(processed, tuple) else processed
     assert tok.decode(tokens).count("<|im_start|>user") == 3
 
+    # eval asks each test conversation's first question, alone (closed book)
+    test = rows(out / "test.jsonl")
+    with FakeLLMServer() as srv:
+        result = run(["eval", str(out / "test.jsonl"), "-p", "openai", "--base-url", srv.url, "-m", "fake-model",
+                      "--report", str(tmp_path / "rep"), "--limit", "5"])
+        assert result.exit_code == 0, result.output
+        asked = [r["body"]["messages"] for r in srv.requests]
+    assert sorted(m[-1]["content"] for m in asked) == sorted(r["messages"][0]["content"] for r in test[:5])
+    assert all([m["role"] for m in msgs] == ["user"] for msgs in asked)
+
     # a test conversation whose first question copies a train question is a leak (its later turns differ)
     planted = {"messages": [{"role": "user", "content": train[0]["messages"][0]["content"]},
                             {"role": "assistant", "content": "Something else entirely."},
