@@ -80,6 +80,15 @@ def test_custom_task_reaches_the_model_and_a_changed_task_is_another_run(tmp_pat
         # --resume: every prompt changed with that word, so every request is asked again
         assert gen(srv, TESTDOC, out, "--task", str(task), "--resume").exit_code == 0
         assert len(srv.requests) > n
+        assert json.loads((out / "manifest.json").read_text())["totals"]["replayed_from_journal"] == 0
+        n = len(srv.requests)
+
+        # a changed description is a changed task too, but no prompt shows it: --resume replays everything
+        task.write_text(task.read_text().replace('description = "Pairs of six', 'description = "Pairs of 6'))
+        assert gen(srv, TESTDOC, out, "--task", str(task)).exit_code == 2
+        assert gen(srv, TESTDOC, out, "--task", str(task), "--resume").exit_code == 0
+        assert len(srv.requests) == n
+        assert json.loads((out / "manifest.json").read_text())["totals"]["replayed_from_journal"] > 0
 
 
 def test_the_mix_is_met_on_300_pairs(tmp_path):
