@@ -94,7 +94,7 @@ def plan(src, out=None, **settings) -> DryRun:
     from datakeg.generation.planning import estimate, make_plan
 
     s = Settings.build(**settings)
-    task = _task(s)
+    task, s = _task(s)
     src = Path(src)
     _check_paths(src, Path(out) if out is not None else None)
     docs, skipped = _read(src, Path(out) if out is not None else None, s)
@@ -103,8 +103,9 @@ def plan(src, out=None, **settings) -> DryRun:
 
 
 def _task(s: Settings):
-    """The run's task (``--task``), checked against the settings: a bad task file stops the run
-    before any request (ConfigError, exit 2)."""
+    """The run's task (``--task``) and the settings for it: a bad task file stops the run before
+    any request (ConfigError, exit 2); a multi-turn task writes chat rows (``--format chat``)."""
+    from dataclasses import replace
     from datakeg.generation.task import load_task
 
     task = load_task(s.task)
@@ -114,7 +115,9 @@ def _task(s: Settings):
     if task.turns > 1 and s.paraphrases:
         raise ConfigError("--paraphrases rewords single questions; it does not work with a multi-turn task.",
                           "Drop --paraphrases, or use a task with turns = 1.")
-    return task
+    if task.turns > 1 and s.format != "chat":
+        s = replace(s, format="chat")  # only {"messages"} rows hold several turns
+    return task, s
 
 
 def generate(src, out, *, provider: str = "ollama", model: str | None = None, base_url: str | list[str] | None = None,
@@ -151,7 +154,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
                                     or not 1 <= concurrency <= 1024):
         raise ConfigError(f"--concurrency must be a whole number from 1 to 1024, got {concurrency!r}.")
     s = Settings.build(**settings)
-    task = _task(s)
+    task, s = _task(s)
     src, out = Path(src), Path(out)
     _check_paths(src, out)
     docs, skipped = _read(src, out, s)

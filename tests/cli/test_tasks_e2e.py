@@ -150,6 +150,8 @@ def test_conversations_round_trip_and_the_audit_checks_first_turns(tmp_path):
         assert all("Each conversation has exactly 3 user turns" in p for p in prompts(srv))
     train = rows(out / "train.jsonl")
     assert train and all([m["role"] for m in r["messages"]] == ["user", "assistant"] * 3 for r in train)
+    assert json.loads((out / "manifest.json").read_text())["settings"]["format"] == "chat"
+    assert "Row format: `chat`" in (out / "README.md").read_text()
     assert run(["validate", str(out)]).exit_code == 0
     assert run(["audit", str(out)]).exit_code == 0
 
