@@ -140,7 +140,9 @@ class DocumentRunner:
             self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): request failed: {reply.error}")
             return None
         try:
-            return parse_pairs(reply.text)
+            pairs = parse_pairs(reply.text)
+            # later turns only where the task asks for them (a stray "followups" never makes a row multi-turn)
+            return pairs if t.turns > 1 else [replace(p, followups=()) if p.followups else p for p in pairs]
         except ParseError as exc:
             with self.caller.lock:
                 self.caller.stats.unparseable += 1

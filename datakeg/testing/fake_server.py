@@ -47,6 +47,8 @@ the same requests fail whatever order concurrent clients send them in, and a ret
               dangling question ("What does this section say about X?"; Chinese and Japanese
               excerpts get "本节…" / "この節…") or with an echo answer (the question's own words),
               alternately
+  strayturns  every pair of a single-turn reply also carries a "followups" list (one more turn) that
+              nobody asked for
   onekind     to a prompt that asks for a mix of kinds, every pair of the reply is of the first kind
               asked (as a model that ignores the mix does)
 The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)`` instead makes every
@@ -78,7 +80,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("onekind", "leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
+FAULTS = ("strayturns", "onekind", "leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
           "huge", "junk", "reworded", "textplain200")
 HTTP_FAULTS = frozenset({"http401", "http403", "http429", "http500", "echoauth", "html200", "notjson200", "error200"})
@@ -180,6 +182,8 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
         if kinds:  # the question says its kind too, so a test can check the rows on disk
             pair["kind"] = kinds[len(pairs) % len(kinds)]
             pair["question"] = f"[{pair['kind']}] {q}"
+        if turns == 1 and "strayturns" in active:
+            pair["followups"] = [{"question": "And what happens next?", "answer": a}]
         if turns > 1:  # follow-ups about the next spans of the excerpt, referring back to the first
             later = order[k + 1:] + order[:k]
             pair["followups"] = [{"question": f"And what follows from that about {fq[len('What is said about '):-1]}?",

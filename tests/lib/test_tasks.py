@@ -167,3 +167,25 @@ def test_answer_length_counts_words_and_cjk_characters():
     assert count_words("Run `tallyho count` on the file.") == 6
     assert count_words("日本語のテキストは文字で数えます。") == 9  # 17 characters, 2 per word
     assert count_words("Use tallyho で数える") == 2 + 2
+
+
+def test_a_stray_followups_field_never_makes_a_single_turn_row_multi_turn(tmp_path):
+    """A model that adds "followups" to a qa reply (fault strayturns): the rows stay single-turn."""
+    import json
+
+    from click.testing import CliRunner
+
+    from datakeg.cli import cli
+    from datakeg.testing.fake_server import FakeLLMServer
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.md").write_text("# Tallyho\n\nTallyho counts the words, lines and headings of Markdown files. "
+                              "Run tallyho count FILE to print the counts.\n")
+    with FakeLLMServer(faults=["strayturns"]) as srv:
+        result = CliRunner().invoke(cli, ["generate", str(src), str(tmp_path / "out"), "-p", "openai",
+                                          "--base-url", srv.url, "-q"], catch_exceptions=False)
+        assert all(r["faults"] == ["strayturns"] for r in srv.requests)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert rows and all(set(r) == {"prompt", "completion"} for r in rows)
