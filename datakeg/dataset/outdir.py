@@ -95,9 +95,11 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _written_files(out: Path) -> list[Path]:
     """Files the run recorded in OUT wrote (per-file outputs from its manifest, merged files,
-    manifest, rejects), never anything outside OUT. The dataset card (README.md) is not among them:
+    manifest, rejects, provenance), never anything outside OUT. The dataset card (README.md) is not among them:
     it may hold the user's edits, and the next run rewrites it keeping them."""
-    paths = [out / MANIFEST, out / REJECTS] + [out / f"{s}.jsonl" for s in SPLITS]
+    from datakeg.dataset.provenance import CHUNKS, PROVENANCE
+
+    paths = [out / MANIFEST, out / REJECTS, out / PROVENANCE, out / CHUNKS] + [out / f"{s}.jsonl" for s in SPLITS]
     manifest = out / MANIFEST
     if manifest.exists():
         try:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from datakeg.dataset.provenance import write_sidecar as write_provenance
 from datakeg.dataset.records import Pair, Reject, to_row
 from datakeg.dataset.splits import SPLITS
 from datakeg.dataset.writers import (
@@ -82,15 +83,21 @@ class Generator:
     # -- files ------------------------------------------------------------------------------
     def _write_document(self, res: DocResult) -> None:
         s = self.settings
+        sources: dict[str, list[tuple[str, int]]] = {}
         for split in SPLITS:
             pairs = []
+            sources[split] = []
             for i, slot in enumerate(res.slots):
                 for j, p in enumerate(slot[split].pairs):
                     pairs.append(p)
                     if split == "train":  # rewordings right after their original, with its answer
                         pairs += [Pair(q, p.answer, p.reasoning) for q in res.paraphrases.get((i, j), [])]
+                    sources[split] += [(q.question, i) for q in pairs[len(sources[split]):]]
             rows = (to_row(p, s.format, s.reasoning_format, s.system_message) for p in pairs)
             atomic_write_jsonl(per_file_path(self.out, res.plan.output, split), rows)
+        # where each row comes from (merge turns it into OUT/provenance.jsonl), with the rows it describes
+        write_provenance(self.out, res.plan.output, res.plan.doc.relpath,
+                         ((c.breadcrumb, c.text) for c in res.plan.chunks), sources)
 
     def _manifest(self, status, plan, results, source, started, audit=None, stop_reason=None) -> dict:
         return manifest_mod.build(status=status, plan=plan, results=results, stats=self.stats,
