@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from datakeg.cli import cli
 from datakeg.testing.fake_server import FakeLLMServer
 
-from conftest import ROOT, TESTDOC, wait_for_requests
+from conftest import ROOT, TESTDOC, shared_text_docs, wait_for_requests
 
 SPLITS = ("train", "valid", "test")
 
@@ -195,17 +195,7 @@ def test_no_leak_across_documents_and_targets_still_met(server, tmp_path):
     """Three documents that share most of their text: the same questions come up in every split of
     every document. After the run no question may be near another one of an earlier split (or of
     the same split in another document), and backfill still meets the targets."""
-    src = tmp_path / "docs"
-    src.mkdir()
-    base = (TESTDOC / "README.md").read_text()
-    import random
-
-    rng = random.Random(5)
-    words = sorted({"".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
-                    for _ in range(3000)})
-    for name in ("a.md", "b.md", "c.md"):  # each with a tail of its own, so new questions can be found
-        extra = "\n\n" + " ".join(" ".join(rng.sample(words, 7)).capitalize() + "." for _ in range(40))
-        (src / name).write_text(base + extra)
+    src = shared_text_docs(tmp_path / "docs")
     out = tmp_path / "o"
     assert gen(server, src, out).exit_code == 0
     m = json.loads((out / "manifest.json").read_text())
