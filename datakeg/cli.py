@@ -250,9 +250,12 @@ def init_config(path):
 @click.option("--semantic-threshold", type=click.FloatRange(0.01, 1), default=0.85, show_default=True,
               help="Cosine similarity of sentence embeddings at which two questions count as the same.")
 def audit(out, leakage_threshold, remove, semantic_dedupe, semantic_model, semantic_threshold):
-    """Leakage audit of a datakeg output folder, with the rule `generate` applies: a valid question
-    too similar to a train question, a test question too similar to a train or valid one, or a
-    question repeated in the same split by another document. Exits 1 when any is found.
+    """Leakage audit of a folder of dataset files (train/valid/test.jsonl, such as a `generate` output),
+    with the rule `generate` applies: a valid question too similar to a train question, a test
+    question too similar to a train or valid one, or a question repeated in the same split by another
+    document. Exits 1 when any is found. Reads rows with a question (completion, chat, reasoning,
+    alpaca, sharegpt); plain {"text"} rows (a chatml/llama3/... `convert` output) hold none and are
+    refused with a message (exit 2).
 
     \b
     Examples:

@@ -149,3 +149,24 @@ def test_written_files_and_folders_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
         atomic._umask = None
+
+
+# --------------------------------------------------------------------------- audit
+def test_audit_reads_any_folder_of_dataset_files_and_names_what_it_cannot_audit(tmp_path):
+    out = quickstart_like(tmp_path)
+    write_jsonl(out / "valid.jsonl", [{"messages": [{"role": "user", "content": "How do I install Tallyho ?"},
+                                                    {"role": "assistant", "content": "With pip."}]}])
+    result = run("audit", out)
+    assert result.exit_code == 1, result.output  # a chat row leaking a completion row, empty test split
+    assert "valid.jsonl line 1 [valid~train" in result.output
+    (out / "train.jsonl").unlink()  # no train.jsonl: still a folder of dataset files
+    assert run("audit", out).exit_code == 0
+    conv = tmp_path / "chatml"
+    assert run("convert", quickstart_like(tmp_path / "b"), conv, "-t", "chatml").exit_code == 0
+    for args in (["audit", str(conv)], ["audit", str(conv), "--remove"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+        assert 'cannot audit plain {"text"} rows: train.jsonl (2 rows)' in result.output
+        assert "Audit the folder it was converted from" in result.output
+        assert "Run without --remove" not in result.output
