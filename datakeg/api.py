@@ -16,7 +16,7 @@ from pathlib import Path
 
 from datakeg.dataset.splits import SPLITS
 from datakeg.errors import ConfigError, DatakegError
-from datakeg.generation.callbacks import Callbacks
+from datakeg.generation.callbacks import Callbacks, RecordingCallbacks
 from datakeg.settings import Settings
 
 
@@ -127,7 +127,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     from datakeg.generation.planning import make_plan
     from datakeg.providers import create_provider
 
-    cb = callbacks or Callbacks()
+    cb = RecordingCallbacks(callbacks)  # its warnings go into the manifest
     if resume and fresh:
         raise ConfigError("--resume and --fresh contradict each other; pass one of them.")
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)

@@ -170,3 +170,42 @@ def test_audit_reads_any_folder_of_dataset_files_and_names_what_it_cannot_audit(
         assert 'cannot audit plain {"text"} rows: train.jsonl (2 rows)' in result.output
         assert "Audit the folder it was converted from" in result.output
         assert "Run without --remove" not in result.output
+
+
+# --------------------------------------------------------------------------- the README's chain
+DOC = """# Tallyho
+
+Tallyho counts words, lines and headings in Markdown files.
+Run `tallyho count FILE` to print the counts. Install it with `pip install tallyho`.
+"""
+
+
+def test_the_readme_chain_generate_validate_convert_on_an_empty_split(tmp_path):
+    """The quick start's shape of result (train has pairs, valid and test none) goes through the
+    README's next commands; the manifest records exactly the warnings that were printed."""
+    from datakeg.testing.fake_server import FakeLLMServer
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "tallyho.md").write_text(DOC, encoding="utf-8")
+    (src / "empty.md").write_text("", encoding="utf-8")  # skipped, with a warning
+    (src / "notes.txt").write_bytes("Tallyho ne compte pas les caract\xe8res accentu\xe9s.\n".encode("latin-1"))
+    out = tmp_path / "out-quickstart"
+    with FakeLLMServer() as srv:  # a document this small gets no test pair
+        result = CliRunner().invoke(cli, ["generate", str(src), str(out), "-p", "openai", "--base-url", srv.url,
+                                          "--pairs-per-1k", "8"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    delivered = manifest["totals"]["delivered"]
+    assert delivered["train"] > 0 and delivered["test"] == 0 and (out / "test.jsonl").read_text() == ""
+    printed = [line[len("warning: "):] for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert printed and manifest["warnings"] == printed
+    validated = run("validate", out)
+    assert validated.exit_code == 0, validated.output
+    assert "test.jsonl: empty (0 rows): ok" in validated.output
+    converted = run("convert", out, tmp_path / "out-qs-chatml", "--template", "chatml")
+    assert converted.exit_code == 0, converted.output
+    rows = (tmp_path / "out-qs-chatml" / "train.jsonl").read_text().splitlines()
+    assert len(rows) == delivered["train"] and all("<|im_start|>assistant\n" in json.loads(r)["text"] for r in rows)
+    assert (tmp_path / "out-qs-chatml" / "test.jsonl").read_text() == ""
+    assert run("validate", tmp_path / "out-qs-chatml").exit_code == 0
