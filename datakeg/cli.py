@@ -144,8 +144,13 @@ class _ProviderChoice(click.ParamType):
     def convert(self, value, param, ctx):
         from datakeg.providers import provider_names
 
-        if value not in provider_names():
-            self.fail(f"{value!r} is not a provider. Choose one of: {', '.join(provider_names())}.", param, ctx)
+        names = provider_names()
+        if value not in names:
+            import difflib
+
+            close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+            guess = f" Did you mean {close[0]!r}?" if close else ""
+            self.fail(f"{value!r} is not a provider.{guess} Choose one of: {', '.join(names)}.", param, ctx)
         return value
 
 
