@@ -133,7 +133,7 @@ def test_written_files_and_folders_honour_the_umask(tmp_path):
     out = quickstart_like(tmp_path)
     old = os.umask(0o022)
     try:
-        import datakeg.dataset.atomic as atomic
+        from datakeg.dataset import atomic
 
         atomic._umask = None  # read again under this test's umask
         result = run("convert", out, tmp_path / "conv", "-t", "chatml")
