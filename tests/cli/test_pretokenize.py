@@ -18,9 +18,6 @@ from datakeg.cli import cli
 from datakeg.dataset.conversion import TARGETS
 from datakeg.dataset.records import detect_shape, to_conversation
 
-pytest.importorskip("tokenizers")
-pytest.importorskip("transformers")
-
 def chat(*turns, system=None):
     msgs = [{"role": "system", "content": system}] if system else []
     return {"messages": msgs + [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
@@ -52,6 +49,8 @@ def write_out(tmp_path: Path, rows=ROWS) -> Path:
 def hf_tokenizer(tmp_path):
     """A byte-level BPE (GPT-2 style) trained here, 400 ids, saved with save_pretrained: no
     <|im_start|>/<|im_end|> in its vocabulary, so the export adds them."""
+    pytest.importorskip("tokenizers", reason="needs transformers (the [local] or [torch] extra)")
+    pytest.importorskip("transformers", reason="needs transformers (the [local] or [torch] extra)")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
