@@ -263,16 +263,16 @@ def convert(src, dst, template: str | None = None, *, custom_template=None, sour
     import json
 
     from datakeg.dataset.atomic import AtomicFolder, atomic_write_text
-    from datakeg.dataset.outdir import CONVERT_FILE, STATE_DIR
+    from datakeg.dataset.outdir import CONVERT_FILE, STATE_DIR, convert_outputs
 
     reports = []
-    with AtomicFolder(dst) as tmp:
+    with AtomicFolder(dst, superseded=convert_outputs(dst)) as tmp:
         for s, name in jobs:
             report = convert_file(s, tmp / name, target, source_format, system_message)
             report.src, report.dst, report.target = s, dst / name, target.name
             reports.append(report)
         record = {"command": "convert", "source": str(src), "template": target.name,
-                  "files": {name: r.rows for (_, name), r in zip(jobs, reports)}}
+                  "rows": {name: r.rows for (_, name), r in zip(jobs, reports)}, "outputs": [n for _, n in jobs]}
         atomic_write_text(tmp / STATE_DIR / CONVERT_FILE, [json.dumps(record, indent=2) + "\n"])
     return reports
 

@@ -80,10 +80,13 @@ class AtomicFolder:
     A ``dst`` that does not exist (or is empty) is replaced by ``tmp`` in one rename: it appears
     whole or not at all. Into an existing folder the finished files are moved one by one (each
     rename is atomic): a crash during those renames can leave some files new and some old, each
-    whole; entries of ``dst`` with other names are left alone."""
+    whole; entries of ``dst`` with other names are left alone, except those named in ``superseded``
+    (files an earlier version of this folder wrote): they are removed when the new version does not
+    write them, so that no stale output of an earlier run stays beside the new one."""
 
-    def __init__(self, dst: Path):
+    def __init__(self, dst: Path, superseded: Iterable[str] = ()):
         self.dst = Path(dst)
+        self.superseded = list(superseded)
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
@@ -104,6 +107,7 @@ class AtomicFolder:
             if not self.dst.exists():
                 os.rename(tmp, self.dst)
                 return
+            written = {p.name for p in tmp.iterdir()}
             for entry in sorted(tmp.rglob("*"), key=lambda p: len(p.parts)):
                 target = self.dst / entry.relative_to(tmp)
                 if entry.is_dir():
@@ -111,5 +115,10 @@ class AtomicFolder:
                 else:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(entry, target)
+            for name in self.superseded:
+                stale = self.dst / name
+                if (Path(name).name == name and name not in written and stale.is_file()
+                        and not stale.is_symlink()):
+                    stale.unlink()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -121,6 +121,16 @@ def _other_entries(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if p.name != STATE_DIR and not (p.name == CARD and is_datakeg_card(p))]
 
 
+def convert_outputs(out: Path) -> list[str]:
+    """The file names an earlier ``datakeg convert`` recorded writing in ``out`` (none when it did not)."""
+    try:
+        record = json.loads((Path(out) / STATE_DIR / CONVERT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    outputs = record.get("outputs") if isinstance(record, dict) else None
+    return [n for n in outputs if isinstance(n, str)] if isinstance(outputs, list) else []
+
+
 def refuse_foreign(out: Path, marks: tuple[str, ...] | None = None,
                    hint: str = "Choose a new or empty output folder.") -> None:
     """A non-empty folder datakeg did not write is never touched (checked before anything is written).

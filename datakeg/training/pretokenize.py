@@ -199,7 +199,7 @@ def pretokenize(srcs: list[Path], dst: Path, tokenizer: str | Tok, target: Targe
     import numpy as np
 
     from datakeg.dataset.atomic import AtomicFolder, atomic_write_text
-    from datakeg.dataset.outdir import CONVERT_FILE, STATE_DIR
+    from datakeg.dataset.outdir import CONVERT_FILE, STATE_DIR, convert_outputs
 
     if target.name != "chatml":
         raise ConfigError(f"--bin writes ChatML token files; --template {target.name} is not supported",
@@ -214,7 +214,7 @@ def pretokenize(srcs: list[Path], dst: Path, tokenizer: str | Tok, target: Targe
             "mask": "1 on the assistant's answer tokens and the <|im_end|> closing each; 0 elsewhere",
             "splits": {}}
     reports = []
-    with AtomicFolder(dst) as tmp:
+    with AtomicFolder(dst, superseded=convert_outputs(dst)) as tmp:
         for src in srcs:
             name = split_name(src)
             report, ids, mask, offsets = _tokenize_file(src, tok, target, source_format, system_message)
@@ -226,7 +226,8 @@ def pretokenize(srcs: list[Path], dst: Path, tokenizer: str | Tok, target: Targe
             reports.append(report)
         atomic_write_text(tmp / "meta.json", [json.dumps(meta, indent=1, ensure_ascii=False) + "\n"])
         record = {"command": "convert --bin", "template": "chatml", "tokenizer": tok.name,
-                  "files": {r.src.name: r.rows for r in reports}}
+                  "rows": {r.src.name: r.rows for r in reports},
+                  "outputs": sorted(p.name for p in tmp.iterdir() if p.is_file())}
         atomic_write_text(tmp / STATE_DIR / CONVERT_FILE, [json.dumps(record, indent=2) + "\n"])
     return reports
 

@@ -209,3 +209,14 @@ def test_the_readme_chain_generate_validate_convert_on_an_empty_split(tmp_path):
     assert len(rows) == delivered["train"] and all("<|im_start|>assistant\n" in json.loads(r)["text"] for r in rows)
     assert (tmp_path / "out-qs-chatml" / "test.jsonl").read_text() == ""
     assert run("validate", tmp_path / "out-qs-chatml").exit_code == 0
+
+
+def test_converting_again_into_its_own_folder_leaves_no_stale_output(tmp_path):
+    out = quickstart_like(tmp_path)
+    dst = tmp_path / "conv"
+    assert run("convert", out, dst, "-t", "chatml").exit_code == 0
+    (out / "test.jsonl").unlink()  # the next SRC has no test split
+    (dst / "notes.txt").write_text("mine")
+    assert run("convert", out, dst, "-t", "messages").exit_code == 0
+    assert sorted(p.name for p in dst.iterdir()) == [".datakeg", "notes.txt", "train.jsonl", "valid.jsonl"]
+    assert "messages" in (dst / "train.jsonl").read_text()
