@@ -33,7 +33,7 @@ from datakeg.dataset.writers import (
 )
 from datakeg.errors import BudgetExhausted, DatakegError
 from datakeg.generation import manifest as manifest_mod
-from datakeg.generation.callbacks import Callbacks
+from datakeg.generation.callbacks import Callbacks, RecordingCallbacks
 from datakeg.generation.calls import Caller, Limits, RunStats
 from datakeg.generation.journal import Journal
 from datakeg.generation.planning import Plan
@@ -66,7 +66,8 @@ class Generator:
         self.provider = self.providers[0]
         self.settings = settings
         self.out = Path(out)
-        self.cb = callbacks or Callbacks()
+        # every warning shown is also recorded in the manifest
+        self.cb = callbacks if isinstance(callbacks, RecordingCallbacks) else RecordingCallbacks(callbacks)
         self.concurrency = max(1, concurrency)
         self.journal = Journal(self.out)
         self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
@@ -103,7 +104,8 @@ class Generator:
         return manifest_mod.build(status=status, plan=plan, results=results, stats=self.stats,
                                   provider_info=self.provider.describe(), settings=self.settings.shaping(),
                                   concurrency=self.concurrency, source=source, started=started, audit=audit,
-                                  stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints])
+                                  stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints],
+                                  warnings=self.cb.warnings)
 
     # -- the whole run ----------------------------------------------------------------------
     def run(self, plan: Plan, source: Path) -> RunResult:
@@ -204,7 +206,11 @@ class Generator:
             for f, res in zip(manifest["files"], results):
                 f["paraphrases"] = sum(len(v) for v in res.paraphrases.values())
         atomic_write_json(self.out / MANIFEST, manifest)
+        shown = len(self.cb.warnings)
         self._write_card(manifest)
+        if len(self.cb.warnings) > shown:  # the card's own warning, shown after the manifest was written
+            manifest["warnings"] = list(self.cb.warnings)
+            atomic_write_json(self.out / MANIFEST, manifest)
         return RunResult(manifest, self.stats)
 
     def _rejects(self, results: list[DocResult | None]) -> list[Reject]:
