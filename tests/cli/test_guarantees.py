@@ -285,12 +285,15 @@ def test_the_benchmark_server_reset_forgets_every_request_and_sets_the_latency(s
 
 def test_a_second_process_is_refused_while_a_run_holds_out(tmp_path):
     out = tmp_path / "o"
-    with FakeLLMServer(latency=0.05) as srv:
+    # slow replies while the second process starts (a loaded machine may take seconds to start
+    # Python), so the first run surely still holds OUT; fast again afterwards
+    with FakeLLMServer(latency=1.0) as srv:
         first = subprocess.Popen(cmd(srv, TESTDOC, out, "-c", "1"), cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         wait_for_requests(srv, 2)
         second = subprocess.run(cmd(srv, TESTDOC, out, "-c", "1"), cwd=ROOT, capture_output=True, text=True,
                                 timeout=60)
+        srv.latency = 0.0
         assert second.returncode == 2, second.stderr
         assert f"is being written by datakeg generate (pid {first.pid}" in second.stderr
         _, err = first.communicate(timeout=120)
