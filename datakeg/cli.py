@@ -144,8 +144,13 @@ class _ProviderChoice(click.ParamType):
     def convert(self, value, param, ctx):
         from datakeg.providers import provider_names
 
-        if value not in provider_names():
-            self.fail(f"{value!r} is not a provider. Choose one of: {', '.join(provider_names())}.", param, ctx)
+        names = provider_names()
+        if value not in names:
+            import difflib
+
+            close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+            guess = f" Did you mean {close[0]!r}?" if close else ""
+            self.fail(f"{value!r} is not a provider.{guess} Choose one of: {', '.join(names)}.", param, ctx)
         return value
 
 
@@ -292,9 +297,12 @@ def tasks_show(name):
 @click.option("--semantic-threshold", type=click.FloatRange(0.01, 1), default=0.85, show_default=True,
               help="Cosine similarity of sentence embeddings at which two questions count as the same.")
 def audit(out, leakage_threshold, remove, semantic_dedupe, semantic_model, semantic_threshold):
-    """Leakage audit of a datakeg output folder, with the rule `generate` applies: a valid question
-    too similar to a train question, a test question too similar to a train or valid one, or a
-    question repeated in the same split by another document. Exits 1 when any is found.
+    """Leakage audit of a folder of dataset files (train/valid/test.jsonl, such as a `generate` output),
+    with the rule `generate` applies: a valid question too similar to a train question, a test
+    question too similar to a train or valid one, or a question repeated in the same split by another
+    document. Exits 1 when any is found. Reads rows with a question (completion, chat, reasoning,
+    alpaca, sharegpt); plain {"text"} rows (a chatml/llama3/... `convert` output) hold none and are
+    refused with a message (exit 2).
 
     \b
     Examples:
@@ -447,9 +455,17 @@ def _list_templates(ctx, _param, value):
               help="Jinja2 template file rendered per row into {\"text\"}. Variables: messages (list of "
               "{role, content}), system, question, answer, reasoning.")
 @click.option("--system-message", help="Add this system turn to rows that have none (where the target has one).")
-def convert(src, dst, template_name, source_format, custom_template, system_message):
+@click.option("--force", is_flag=True, help="Write into a non-empty DST folder that convert did not write: the files "
+              "convert writes replace those of the same names; nothing else there is touched.")
+@click.option("--tokenizer", metavar="T", help="With --bin: a local Hugging Face tokenizer folder, `bundled` (the "
+              "offline model's), or a tiktoken encoding name (e.g. r50k_base; ChatML specials added as new ids).")
+@click.option("--bin", "binary", is_flag=True, help="Write pre-tokenized files for nanoGPT-style trainers into the "
+              "folder DST: train.bin/val.bin/test.bin (uint16 or uint32 token ids, rows separated by EOS), "
+              "*.mask.bin (1 on assistant tokens) and meta.json. Needs --template chatml and --tokenizer.")
+def convert(src, dst, template_name, source_format, custom_template, system_message, force, tokenizer, binary):
     """Convert SRC (a JSONL or JSON-array file, or a folder with train/valid/test.jsonl) to a
-    trainer's format in DST (a file, or a folder keeping the file names).
+    trainer's format in DST (a file, or a folder keeping the file names; a folder is written
+    atomically, and a non-empty folder convert did not write is refused unless --force).
 
     \b
     Examples:
@@ -458,11 +474,15 @@ def convert(src, dst, template_name, source_format, custom_template, system_mess
       datakeg convert out/ out_llama3/ --template llama3 --system-message "You are the Tallyho docs expert."
       datakeg convert data.json data.jsonl --template messages --source-format alpaca
       datakeg convert out/ out_custom/ --custom-template my_template.jinja
+      datakeg convert out/ out_bin/ --template chatml --tokenizer r50k_base --bin
+      datakeg convert out/ out_bin/ --template chatml --tokenizer ./my-tokenizer --bin
     """
     import datakeg
 
     reports = datakeg.convert(src, dst, template_name, custom_template=custom_template,
-                              source_format=source_format, system_message=system_message)
+                              source_format=source_format, system_message=system_message, force=force,
+                              tokenizer=tokenizer, binary=binary,
+                              on_message=lambda message: click.echo(message, err=True))
     notes: set[str] = set()
     for report in reports:
         click.echo(f"{report.src} -> {report.dst}: {report.rows} rows as {report.target}; "
@@ -480,28 +500,41 @@ def convert(src, dst, template_name, source_format, custom_template, system_mess
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
 @click.option("--dedupe-threshold", type=float, default=90.0, show_default=True,
               help="For a datakeg output folder: report valid/test questions this similar to a train question.")
-def validate(target, dedupe_threshold):
+@click.option("--require-all-splits", is_flag=True, help="Fail (exit 1) on an empty file, and on a folder "
+              "without all of train/valid/test.jsonl. Without it an empty split is reported and accepted.")
+def validate(target, dedupe_threshold, require_all_splits):
     """Check every line of a dataset FILE, or of train/valid/test.jsonl in a DIR: valid JSON, one
     known shape, non-empty fields, one shape per file, alternating roles. Exits 1 on any problem.
+    An empty split (a small run can deliver none) is reported as empty and accepted unless
+    --require-all-splits.
 
     \b
     Examples:
       datakeg validate out/
       datakeg validate out/train.jsonl
+      datakeg validate out/ --require-all-splits
     """
     import datakeg
 
-    result = datakeg.validate(target, dedupe_threshold=dedupe_threshold)
+    result = datakeg.validate(target, dedupe_threshold=dedupe_threshold, require_all_splits=require_all_splits)
     for rep in result.files:
         status = "ok" if rep.ok else f"{len(rep.problems)} problem(s)"
-        click.echo(f"{rep.path}: {rep.rows} rows, shape {rep.shape or '-'}: {status}")
+        if rep.empty:
+            click.echo(f"{rep.path}: empty (0 rows): {status}")
+        else:
+            click.echo(f"{rep.path}: {rep.rows} rows, shape {rep.shape or '-'}: {status}")
         for lineno, reason in rep.problems[:50]:
             click.echo(f"  line {lineno}: {reason}")
         if len(rep.problems) > 50:
             click.echo(f"  ... {len(rep.problems) - 50} more")
+    for split in result.missing:
+        click.echo(f"{target / (split + '.jsonl')}: missing (--require-all-splits)")
     if result.is_output:
         click.echo(f"cross-split duplicates (>= {dedupe_threshold:g} similar to a train question): "
                    f"{len(result.cross_split)}")
+        if result.text_rows:
+            click.echo('  note: {"text"} rows hold no question to compare: for them only identical rows count '
+                       "as duplicates (validate the folder before `convert` for the similarity check)")
         for split, lineno, q, match in result.cross_split[:50]:
             click.echo(f"  {split}.jsonl line {lineno}: {q!r} ~ train {match!r}")
     sys.exit(0 if result.ok else 1)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from datakeg.dataset.atomic import atomic_write_text
 from datakeg.dataset.jsonl import dumps, load_rows, write_lines, write_rows
+from datakeg.dataset.provenance import write_merged as write_merged_provenance
 from datakeg.dataset.splits import SPLITS
 
 MANIFEST = "manifest.json"
@@ -59,7 +60,7 @@ def merge(out: Path) -> dict[str, int]:
     """(Re)build OUT/train.jsonl, valid.jsonl, test.jsonl from the per-file outputs, in order.
 
     Writes all three files (a split no document has rows for gives an empty file) and returns the
-    rows per split. Refuses with ``ConfigError`` when OUT holds no per-file output at all (the
+    rows per split, and the provenance of every merged row (:mod:`datakeg.dataset.provenance`). Refuses with ``ConfigError`` when OUT holds no per-file output at all (the
     rebuild would empty the merged files), and with ``JsonlError`` at a per-file line that is not
     valid JSON; in both cases nothing is written. Lines are copied as they are.
     """
@@ -75,11 +76,13 @@ def merge(out: Path) -> dict[str, int]:
             f"{listed}; merge rebuilds train.jsonl, valid.jsonl and test.jsonl from them, so it would empty them.",
             "Nothing was changed. Point it at an output folder of `datakeg generate`, which keeps the per-file "
             "outputs next to the merged files.")
-    merged: dict[str, list[str]] = {}
+    merged: dict[str, list[tuple[str, int, str]]] = {}
     for split in SPLITS:  # read everything first: a bad line stops the merge before anything is written
         merged[split] = []
         for stem in stems:
             path = per_file_path(out, stem, split)
             if path.exists():
-                merged[split].extend(raw for _, _, raw in load_rows(path))
-    return {split: write_lines(out / f"{split}.jsonl", lines) for split, lines in merged.items()}
+                merged[split].extend((stem, i, raw) for i, (_, _, raw) in enumerate(load_rows(path)))
+    counts = {split: write_lines(out / f"{split}.jsonl", (raw for _, _, raw in rows)) for split, rows in merged.items()}
+    write_merged_provenance(out, merged)
+    return counts

@@ -54,7 +54,10 @@ def pending_entry(dp) -> dict:
 
 def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: RunStats, provider_info: dict,
           settings: dict, concurrency: int, source: Path, started: float, audit: dict | None,
-          stop_reason: str | None = None, endpoints: list[dict] | None = None, task=None) -> dict:
+          stop_reason: str | None = None, endpoints: list[dict] | None = None,
+          warnings: list[str] | None = None, task=None) -> dict:
+    """``warnings``: every warning the run showed (the plan's among them); the plan's alone when
+    not given. ``task``: the run's task (name, hash, mix), recorded with the mix delivered."""
     files = [file_entry(r) if r is not None else pending_entry(dp) for dp, r in zip(plan.docs, results)]
     done = [f for f in files if f["status"] == "done"]
     target = {s: sum(dp.by_split[s] for dp in plan.docs) for s in SPLITS}
@@ -102,7 +105,7 @@ def build(*, status: str, plan: Plan, results: list[DocResult | None], stats: Ru
            if any("judge" in f for f in done) else {}),
         "leakage_audit": audit,
         "coverage": coverage(results, task),
-        "warnings": list(plan.warnings),
+        "warnings": list(plan.warnings) if warnings is None else list(warnings),
         "skipped": [{"path": s.relpath, "reason": s.reason} for s in plan.skipped],
         "files": files,
     }

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from datakeg.dataset.provenance import write_sidecar as write_provenance
 from datakeg.dataset.records import Pair, Reject, to_row
 from datakeg.dataset.splits import SPLITS
 from datakeg.dataset.writers import (
@@ -32,7 +33,7 @@ from datakeg.dataset.writers import (
 )
 from datakeg.errors import BudgetExhausted, DatakegError
 from datakeg.generation import manifest as manifest_mod
-from datakeg.generation.callbacks import Callbacks
+from datakeg.generation.callbacks import Callbacks, RecordingCallbacks
 from datakeg.generation.calls import Caller, Limits, RunStats
 from datakeg.generation.journal import Journal
 from datakeg.generation.planning import Plan
@@ -65,7 +66,8 @@ class Generator:
         self.provider = self.providers[0]
         self.settings = settings
         self.out = Path(out)
-        self.cb = callbacks or Callbacks()
+        # every warning shown is also recorded in the manifest
+        self.cb = callbacks if isinstance(callbacks, RecordingCallbacks) else RecordingCallbacks(callbacks)
         self.concurrency = max(1, concurrency)
         self.journal = Journal(self.out)
         self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
@@ -83,22 +85,28 @@ class Generator:
     # -- files ------------------------------------------------------------------------------
     def _write_document(self, res: DocResult) -> None:
         s = self.settings
+        sources: dict[str, list[tuple[str, int]]] = {}
         for split in SPLITS:
             pairs = []
+            sources[split] = []
             for i, slot in enumerate(res.slots):
                 for j, p in enumerate(slot[split].pairs):
                     pairs.append(p)
                     if split == "train":  # rewordings right after their original, with its answer
                         pairs += [Pair(q, p.answer, p.reasoning) for q in res.paraphrases.get((i, j), [])]
+                    sources[split] += [(q.question, i) for q in pairs[len(sources[split]):]]
             rows = (to_row(p, s.format, s.reasoning_format, s.system_message) for p in pairs)
             atomic_write_jsonl(per_file_path(self.out, res.plan.output, split), rows)
+        # where each row comes from (merge turns it into OUT/provenance.jsonl), with the rows it describes
+        write_provenance(self.out, res.plan.output, res.plan.doc.relpath,
+                         ((c.breadcrumb, c.text) for c in res.plan.chunks), sources)
 
     def _manifest(self, status, plan, results, source, started, audit=None, stop_reason=None) -> dict:
         return manifest_mod.build(status=status, plan=plan, results=results, stats=self.stats,
                                   provider_info=self.provider.describe(), settings=self.settings.shaping(),
                                   concurrency=self.concurrency, source=source, started=started, audit=audit,
                                   stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints],
-                                  task=self.task)
+                                  warnings=self.cb.warnings, task=self.task)
 
     # -- the whole run ----------------------------------------------------------------------
     def run(self, plan: Plan, source: Path) -> RunResult:
@@ -199,7 +207,11 @@ class Generator:
             for f, res in zip(manifest["files"], results):
                 f["paraphrases"] = sum(len(v) for v in res.paraphrases.values())
         atomic_write_json(self.out / MANIFEST, manifest)
+        shown = len(self.cb.warnings)
         self._write_card(manifest)
+        if len(self.cb.warnings) > shown:  # the card's own warning, shown after the manifest was written
+            manifest["warnings"] = list(self.cb.warnings)
+            atomic_write_json(self.out / MANIFEST, manifest)
         return RunResult(manifest, self.stats)
 
     def _rejects(self, results: list[DocResult | None]) -> list[Reject]:

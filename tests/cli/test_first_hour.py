@@ -147,3 +147,39 @@ def test_piped_local_run_shows_only_datakeg_lines_and_verbose_shows_the_rest(tmp
     verbose, _ = _run(tmp_path, "--verbose")
     assert verbose.returncode == 0, verbose.stderr
     assert "Loading weights" in verbose.stderr  # transformers' own bar, hidden unless asked for
+
+
+def test_the_files_bar_shows_the_documents_in_flight_not_the_last_started():
+    from datakeg.progress import RichReporter
+
+    def doc(name):
+        return SimpleNamespace(doc=SimpleNamespace(relpath=name), chunks=[1], targets=[{"train": 1, "valid": 0, "test": 0}], total=1,
+                               by_split={"train": 1})
+
+    rep = RichReporter()
+    rep.progress.console.quiet = True
+    rep.on_plan(SimpleNamespace(docs=[doc("a.md"), doc("b.md"), doc("faq.txt")], chunks=3, pairs=3))
+    files = rep.progress.tasks[rep.tasks["files"]]
+    try:
+        rep.on_document_start(doc("a.md"))
+        rep.on_document_start(doc("b.md"))
+        rep.on_document_start(doc("faq.txt"))
+        assert files.fields["info"] == "a.md (+2 more in flight)"
+        rep.on_document_done(doc("a.md"), {"train": 1})
+        assert files.fields["info"] == "b.md (+1 more in flight)" and files.completed == 1
+        rep.on_document_done(doc("faq.txt"), {"train": 1})
+        assert files.fields["info"] == "b.md"
+        rep.on_document_done(doc("b.md"), {"train": 1})
+        assert files.fields["info"] == "last done: b.md" and files.completed == 3
+    finally:
+        rep.close()
+
+
+def test_a_mistyped_provider_gets_a_did_you_mean():
+    result = CliRunner().invoke(cli, ["generate", "testdoc", "out-x", "-p", "olama"])
+    assert result.exit_code == 2
+    assert "'olama' is not a provider. Did you mean 'ollama'?" in result.output
+    result = CliRunner().invoke(cli, ["eval", "testdoc/README.md", "-p", "opnai"])
+    assert result.exit_code == 2 and "Did you mean 'openai'?" in result.output
+    result = CliRunner().invoke(cli, ["generate", "testdoc", "out-x", "-p", "zzzz"])
+    assert result.exit_code == 2 and "Did you mean" not in result.output and "Choose one of" in result.output
