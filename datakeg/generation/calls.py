@@ -300,6 +300,8 @@ class Caller:
             with self.lock:
                 self.stats.replayed += 1
             return Reply(entry["text"], replayed=True)
+        if self.stopped is not None:  # e.g. every endpoint went away (the circuit breaker)
+            raise self.stopped
         tried: set[int] = set()
         error = None
         failed = True

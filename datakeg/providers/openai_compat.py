@@ -230,7 +230,7 @@ class OpenAICompatProvider(Provider):
         raise ContextTooSmall(
             f"A prompt is {prompt if prompt is not None else 'more than'} tokens but the server's context window "
             f"is {n_ctx} tokens ({redact_url(str(self.client.base_url))}): lower --chunk-size (about 4 characters "
-            f"a token; the prompt also holds up to --avoid-cap earlier questions) or give the server a larger context "
+            f"a token, plus about 350 tokens of instructions and the questions to avoid) or give the server a larger context "
             f"(llama.cpp: --n_ctx / -c; vLLM: --max-model-len).")
 
     def complete(self, request: ChatRequest) -> Completion:
