@@ -54,6 +54,9 @@ Dialects and server limits (constructor arguments; command-line flags of the sam
               llama-cpp-python: a prompt of N tokens or more gets HTTP 400 context_length_exceeded
               with the numbers; otherwise max_tokens is cut to what is left, and a reply longer than
               that is cut off with finish_reason "length"
+  dialect="vllm" with n_ctx=N  as vLLM: prompt + max_tokens over N tokens is refused (HTTP 400 "This
+              model's maximum context length is N tokens. However, you requested ... (P in the
+              messages, C in the completion)") instead of cutting max_tokens
   die_after=N the server goes away after N chat requests: that request and every later one find
               nothing (open connections are dropped, new ones refused), as a killed server
   models_delay=S, models_delay_times=K  the first K GET /v1/models wait S seconds before answering
@@ -94,7 +97,7 @@ HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>
              "<p>The proxy received an invalid response from an upstream server.</p></body></html>\n")
 DEFAULT_MODELS = ("qwen2.5:3b", "fake-model", "judge-fraction", "judge-scoreword", "judge-string", "judge-prose",
                   "judge-think", "judge-broken")  # the judge-* names pick a judge reply's shape (closed_book)
-DIALECTS = (None, "llama-cpp-python", "no-response-format")
+DIALECTS = (None, "llama-cpp-python", "no-response-format", "vllm")
 # llama-cpp-python 0.3.36's reply to response_format json_schema (measured; the traceback line shortened)
 LLAMA_CPP_SCHEMA_500 = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
                         "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': "
@@ -607,7 +610,7 @@ class FakeLLMServer:
                 finish = "stop"
                 if server.n_ctx is not None and not ollama:  # llama-cpp-python's context rules
                     wanted = body.get("max_tokens")
-                    if ptok >= server.n_ctx:
+                    if ptok >= server.n_ctx or (server.dialect == "vllm" and ptok + (wanted or 0) > server.n_ctx):
                         asked = ptok + (wanted or 0)
                         return 400, {"error": {
                             "message": f"This model's maximum context length is {server.n_ctx} tokens. However, you "

@@ -482,3 +482,20 @@ def test_manifest_keeps_usage_for_this_run_and_in_total(tmp_path):
     assert usage[1]["total"]["requests"] == runs[0][1] + runs[1][1]
     assert usage[1]["total"]["prompt_tokens"] == (usage[0]["this_run"]["prompt_tokens"]
                                                  + usage[1]["this_run"]["prompt_tokens"]) > 0
+
+
+def test_a_reply_too_long_for_the_context_is_fitted_not_failed(small_testdoc, tmp_path):
+    """vLLM refuses prompt + max_tokens over its context (400 with the numbers): datakeg asks again at
+    once with the max_tokens that fits (no retry spent, no failed request)."""
+    out = tmp_path / "o"
+    with FakeLLMServer(dialect="vllm", n_ctx=1000) as srv:
+        result = run(srv, small_testdoc / "guide", out, "-c", "1")
+        bodies = [r["body"] for r in srv.requests]
+    assert result.exit_code == 0, text_of(result)
+    t = totals(out)
+    assert t["failed_requests"] == 0 and t["delivered"] == t["target"]
+    prompt_tokens = [len("\n".join(m["content"] for m in b["messages"])) // 4 for b in bodies]
+    too_long = [b for b, p in zip(bodies, prompt_tokens) if p + b["max_tokens"] > 1000]
+    fitted = [b for b, p in zip(bodies, prompt_tokens) if p + b["max_tokens"] == 1000]
+    assert too_long, "no request was too long: the test proves nothing"
+    assert len(fitted) == len(too_long)  # each asked again once, with max_tokens = context - prompt
