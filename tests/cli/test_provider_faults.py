@@ -499,3 +499,35 @@ def test_a_reply_too_long_for_the_context_is_fitted_not_failed(small_testdoc, tm
     fitted = [b for b, p in zip(bodies, prompt_tokens) if p + b["max_tokens"] == 1000]
     assert too_long, "no request was too long: the test proves nothing"
     assert len(fitted) == len(too_long)  # each asked again once, with max_tokens = context - prompt
+
+
+def test_with_wait_for_model_a_server_that_comes_back_is_waited_for(small_testdoc, tmp_path):
+    import threading
+    import time
+
+    out = tmp_path / "o"
+    dying = FakeLLMServer(die_after=3).start()
+    port = dying.port
+    back: list[FakeLLMServer] = []
+
+    def restart():  # the server comes back on the same port a little later
+        while not dying.dead:
+            time.sleep(0.05)
+        time.sleep(2.0)
+        back.append(FakeLLMServer(port=port).start())
+
+    thread = threading.Thread(target=restart, daemon=True)
+    thread.start()
+    try:
+        result = run(dying, small_testdoc, out, "-c", "1", "--max-retries", "1", "--wait-for-model", "30")
+    finally:
+        thread.join(10)
+        for srv in back:
+            srv.stop()
+    printed = text_of(result)
+    assert back, "the server never came back: the test proves nothing"
+    assert "checking the server" in printed and "answers again" in printed
+    assert result.exit_code in (0, 4), printed  # 4: a chunk still short of the requests that failed meanwhile
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["totals"]["failed_requests"] <= 3 and len(back[0].requests) > 0
