@@ -35,7 +35,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from datakeg.errors import BudgetExhausted, ProviderRequestError, ProviderUnavailable, ServerGone
+from datakeg.errors import (
+    BudgetExhausted,
+    ProviderRequestError,
+    ProviderUnavailable,
+    ServerGone,
+)
 from datakeg.generation.journal import Journal, request_key
 from datakeg.generation.prompts import PROMPT_VERSION
 from datakeg.generation.workers import current_priority

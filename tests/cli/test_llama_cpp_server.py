@@ -66,7 +66,7 @@ class LlamaServer:
     def __init__(self, log: Path, *args: str):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = open(log, "wb")
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host", "127.0.0.1",
              "--port", str(self.port), *args], stdout=self.log, stderr=subprocess.STDOUT)
