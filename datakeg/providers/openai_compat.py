@@ -153,7 +153,7 @@ class OpenAICompatProvider(Provider):
                     "No model given and the server does not name a single one.",
                     "Pass --model NAME." + (f" The server offers: {', '.join(models[:10])}" if models else ""),
                 )
-        elif models and self.model not in models and self.model != "-":  # "-": `datakeg providers`, no model
+        elif models and not self._listed(self.model, models) and self.model != "-":  # "-": `datakeg providers`
             where = redact_url(str(self.client.base_url))
             # llama.cpp's servers run one model and answer to any name (llama-cpp-python lists it as
             # owned_by "me", llama-server as "llamacpp"): the run goes on, on the model it serves
@@ -168,6 +168,13 @@ class OpenAICompatProvider(Provider):
                     f"It lists: {', '.join(models[:10])}{' ...' if len(models) > 10 else ''}. Pass one of them "
                     "with --model (or leave --model out to use the first).",
                 )
+
+    def _listed(self, model: str, models: list[str]) -> bool:
+        """Is ``model`` one the server lists? (Ollama's OpenAI API lists "name:latest" for "name";
+        OpenRouter takes routing suffixes such as ":nitro" or ":floor" it does not list.)"""
+        if model in models or f"{model}:latest" in models:
+            return True
+        return self.name == "openrouter" and model.rsplit(":", 1)[0] in {m.rsplit(":", 1)[0] for m in models}
 
     @staticmethod
     def _response_format(mode: str, schema: dict | None) -> dict | None:
