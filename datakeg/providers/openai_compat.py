@@ -232,8 +232,10 @@ class OpenAICompatProvider(Provider):
         p = _PROMPT_TOKENS.search(message)
         prompt = int(next(g for g in p.groups() if g)) if p else None
         room = n_ctx - prompt if prompt is not None else 0
-        if prompt is not None and room >= 32 and (max_tokens is None or room < max_tokens):
-            return room  # the prompt fits: ask for a reply that fits too
+        if prompt is not None and room >= 32:
+            if max_tokens is None or room < max_tokens:
+                return room  # the prompt fits: ask for a reply that fits too
+            raise request_failed(f"the server refused a request that fits its context ({excerpt(message, 300)})")
         raise ContextTooSmall(
             f"A prompt is {prompt if prompt is not None else 'more than'} tokens but the server's context window "
             f"is {n_ctx} tokens ({redact_url(str(self.client.base_url))}): lower --chunk-size (about 4 characters "
@@ -288,12 +290,11 @@ class OpenAICompatProvider(Provider):
                 if probing and (exc.status_code >= 500 or exc.status_code in (408, 409, 429)):
                     plain = True  # a transient error, not a refusal: the client's retries apply
                     continue
+                forced = (" (structured output is set by --structured; auto steps down to what the server accepts)"
+                          if fmt is not None and self.structured != "auto" and self._refuses_format(exc) else "")
                 if isinstance(exc, openai.BadRequestError):
-                    raise request_failed(f"request rejected: {excerpt(exc.message, 500)}") from None
-                raise request_failed(f"HTTP {exc.status_code}: {excerpt(exc.message, 500)}"
-                                     + (" (structured output is set by --structured; auto steps down to what the "
-                                        "server accepts)" if fmt is not None and self.structured != "auto"
-                                        and self._refuses_format(exc) else "")) from None
+                    raise request_failed(f"request rejected: {excerpt(exc.message, 500)}{forced}") from None
+                raise request_failed(f"HTTP {exc.status_code}: {excerpt(exc.message, 500)}{forced}") from None
             except openai.APIConnectionError as exc:
                 if probing:
                     plain = True
