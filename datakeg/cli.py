@@ -224,10 +224,10 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
                    f"({t['failed_requests']} failed, {t['unparseable_replies']} unparseable, "
                    f"{t['truncated_replies']} cut off); see {out}/rejects.jsonl. Manifest status: nothing_delivered.",
                    err=True)
-        sys.exit(4)
     if result.chunks_short_because_of_errors:
         click.echo(f"{result.chunks_short_because_of_errors} chunk(s) got fewer pairs than their target because "
                    f"requests failed (see {out}/rejects.jsonl); rerun the same command to retry them.", err=True)
+    if result.nothing_delivered or result.chunks_short_because_of_errors:
         sys.exit(4)
 
 

@@ -80,6 +80,10 @@ class OpenAICompatProvider(Provider):
         # while the mode is not settled, a request goes out once (no client retries): a refusal of the
         # format costs one request, not 1 + --max-retries (llama-cpp-python refuses json_schema with 500)
         self._probe_client = self.client.with_options(max_retries=0)
+        # after a probe that failed for another reason (a 5xx, a dropped connection): the client's
+        # retries that are left, so the server sees no more attempts than --max-retries allows
+        self._rest_client = self.client.with_options(max_retries=max(0, max_retries - 1))
+        self.max_retries = max_retries
 
     def default_base_url(self) -> str | None:
         return os.environ.get("OPENAI_BASE_URL")
@@ -270,7 +274,7 @@ class OpenAICompatProvider(Provider):
                 # The reply comes back as plain data (``cast_to=object``; the text when it is not
                 # labelled JSON), read by `_completion`. Retries, timeouts and status errors stay the
                 # client's.
-                client = self._probe_client if probing else self.client
+                client = self._probe_client if probing else self._rest_client if plain else self.client
                 resp = client.post("/chat/completions", body=kwargs, cast_to=object)
                 if request.schema is not None and not self._settled:
                     self._settle()
@@ -287,7 +291,7 @@ class OpenAICompatProvider(Provider):
                 if fitted is not None:
                     max_tokens = fitted
                     continue
-                if probing and (exc.status_code >= 500 or exc.status_code in (408, 409, 429)):
+                if probing and self.max_retries and (exc.status_code >= 500 or exc.status_code in (408, 409, 429)):
                     plain = True  # a transient error, not a refusal: the client's retries apply
                     continue
                 forced = (" (structured output is set by --structured; auto steps down to what the server accepts)"
@@ -296,7 +300,7 @@ class OpenAICompatProvider(Provider):
                     raise request_failed(f"request rejected: {excerpt(exc.message, 500)}{forced}") from None
                 raise request_failed(f"HTTP {exc.status_code}: {excerpt(exc.message, 500)}{forced}") from None
             except openai.APIConnectionError as exc:
-                if probing:
+                if probing and self.max_retries:
                     plain = True
                     continue
                 raise request_failed(f"connection failed: {exc}",
