@@ -48,8 +48,8 @@ Dialects and server limits (constructor arguments; command-line flags of the sam
               body llama-cpp-python 0.3.36 sends ("Input should be 'text' or 'json_object'"); accepts
               {"type": "json_object", "schema": ...}; its /v1/models lists one model, owned_by "me",
               and any model name is served (the reply echoes it)
-  dialect="no-response-format"  refuses any response_format with HTTP 400 naming it (a server with
-              no structured output: the prompt and tolerant parsing must do)
+  dialect="no-response-format"  refuses any response_format (Ollama: format) with HTTP 400 naming it
+              (a server with no structured output: the prompt and tolerant parsing must do)
   n_ctx=N     a context window of N tokens (a token is 4 characters of the prompt here), as
               llama-cpp-python: a prompt of N tokens or more gets HTTP 400 context_length_exceeded
               with the numbers; otherwise max_tokens is cut to what is left, and a reply longer than
@@ -541,7 +541,7 @@ class FakeLLMServer:
                 if server.die_after is not None and server.chat_count >= server.die_after:
                     server._die()
                     return self._drop()
-                refusal = None if ollama else self._refuse_format(body)
+                refusal = self._refuse_format(body, ollama)
                 if refusal:
                     with server.lock:
                         server.requests.append({"path": self.path, "body": body, "faults": ["refused_format"],
@@ -564,8 +564,12 @@ class FakeLLMServer:
                     return self._send_raw(reply[0], json.dumps(reply[1]).encode(), "text/plain; charset=utf-8")
                 self._send(*reply)
 
-            def _refuse_format(self, body: dict) -> tuple[int, dict] | None:
-                """The dialect's refusal of the request's response_format, if it refuses it."""
+            def _refuse_format(self, body: dict, ollama: bool) -> tuple[int, dict] | None:
+                """The dialect's refusal of the request's response_format (Ollama: format), if it refuses it."""
+                if ollama:
+                    if server.dialect == "no-response-format" and body.get("format"):
+                        return 400, {"error": "this server does not support the format parameter"}
+                    return None
                 fmt = body.get("response_format")
                 if not isinstance(fmt, dict):
                     return None

@@ -531,3 +531,18 @@ def test_with_wait_for_model_a_server_that_comes_back_is_waited_for(small_testdo
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["totals"]["failed_requests"] <= 3 and len(back[0].requests) > 0
+
+
+def test_ollama_steps_down_when_the_server_refuses_the_format(healthy, tmp_path):
+    out = tmp_path / "o"
+    with FakeLLMServer(dialect="no-response-format") as srv:
+        result = generate(srv, out, "--max-attempts", "0", "-c", "1", provider="ollama", quiet=False)
+        refused = [r for r in srv.requests if r.get("status")]
+        answered = [r for r in srv.requests if not r.get("status")]
+    printed = text_of(result)
+    assert result.exit_code == 0, printed
+    assert len(refused) == 2 and all("format" not in r["body"] or not r["body"]["format"] for r in answered)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["structured_output"] == "none" and manifest["totals"]["failed_requests"] == 0
+    assert printed.count("refused format schema") == 1 and printed.count("refused format json") == 1
+    assert outputs(out) == healthy["ollama"][0]
