@@ -44,6 +44,11 @@ class Result:
     def chunks_short_because_of_errors(self) -> int:
         return self.manifest["totals"]["chunks_short_because_of_errors"]
 
+    @property
+    def nothing_delivered(self) -> bool:
+        """The run finished without a single pair (manifest status ``nothing_delivered``)."""
+        return self.manifest.get("status") == "nothing_delivered"
+
 
 @dataclass
 class DryRun:
@@ -173,6 +178,8 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
         cb.on_warning(f"the offline model (--provider local) ignores the instructions of task {task.name!r}")
     provs = [create_provider(provider, model=model, base_url=u, timeout=s.request_timeout,
                              structured=s.structured, max_retries=s.max_retries) for u in urls]
+    for p in provs:  # a format the server refuses, a --model it does not list: said once, never printed here
+        p.on_notice = cb.on_warning
     try:
         provs = _ready_endpoints(provs, s.wait_for_model, cb)  # before any work: says what to run when unavailable
         prov = provs[0]

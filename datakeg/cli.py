@@ -225,9 +225,16 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
     finally:
         reporter.close()
     _print_summary(result.manifest, out)
+    if result.nothing_delivered:
+        t = result.manifest["totals"]
+        click.echo(f"Nothing was delivered: 0 pairs of {sum(t['target'].values())} after {t['requests']} request(s) "
+                   f"({t['failed_requests']} failed, {t['unparseable_replies']} unparseable, "
+                   f"{t['truncated_replies']} cut off); see {out}/rejects.jsonl. Manifest status: nothing_delivered.",
+                   err=True)
     if result.chunks_short_because_of_errors:
         click.echo(f"{result.chunks_short_because_of_errors} chunk(s) got fewer pairs than their target because "
                    f"requests failed (see {out}/rejects.jsonl); rerun the same command to retry them.", err=True)
+    if result.nothing_delivered or result.chunks_short_because_of_errors:
         sys.exit(4)
 
 
@@ -647,9 +654,12 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
 @click.option("-c", "--concurrency", type=int, help="Questions in flight at once (default per provider).")
 @click.option("--request-timeout", type=float, default=300.0, show_default=True)
 @click.option("--wait-for-model", type=float, default=0.0, show_default=True, metavar="SECONDS",
-              help="Wait this long for a server that is still starting before giving up.")
+              help="Wait this long for a server that is still starting (or busy) before giving up.")
+@click.option("--structured", type=click.Choice(["auto", "schema", "json", "none"]), default="auto",
+              show_default=True, help="Structured output for the judge's replies (as for generate): auto tries a "
+              "JSON schema and steps down to what the server accepts; the answers are always plain text.")
 def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, system_message, limit, report_prefix,
-             concurrency, request_timeout, wait_for_model):
+             concurrency, request_timeout, wait_for_model, structured):
     """Ask a model every question of TEST_FILE closed book (no document) and score its answers
     against the references: exact match, token F1, similarity, optional LLM judge.
 
@@ -671,7 +681,8 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
 
     def build(name):
         prov = create_provider(provider, model=name,
-                               base_url=base_url, timeout=request_timeout)
+                               base_url=base_url, timeout=request_timeout, structured=structured)
+        prov.on_notice = lambda message: click.echo(f"warning: {message}", err=True)
         prov.wait_ready(wait_for_model, lambda message: click.echo(message, err=True))
         prov.prepare(lambda message: click.echo(f"{provider}: {message}", err=True))
         return prov

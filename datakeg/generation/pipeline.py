@@ -70,7 +70,9 @@ class Generator:
         self.cb = callbacks if isinstance(callbacks, RecordingCallbacks) else RecordingCallbacks(callbacks)
         self.concurrency = max(1, concurrency)
         self.journal = Journal(self.out)
-        self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
+        self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request,
+                             on_message=self.cb.on_message, wait_for_model=settings.wait_for_model)
+        self.earlier_usage = manifest_mod.earlier_usage(self.out)  # what the runs before this one in OUT used
         self.runner = DocumentRunner(self.caller, settings, self.cb, judge, task)
         self.task = self.runner.task
         self.semantic = semantic
@@ -106,7 +108,7 @@ class Generator:
                                   provider_info=self.provider.describe(), settings=self.settings.shaping(),
                                   concurrency=self.concurrency, source=source, started=started, audit=audit,
                                   stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints],
-                                  warnings=self.cb.warnings, task=self.task)
+                                  warnings=self.cb.warnings, earlier_usage=self.earlier_usage, task=self.task)
 
     # -- the whole run ----------------------------------------------------------------------
     def run(self, plan: Plan, source: Path) -> RunResult:
@@ -201,7 +203,10 @@ class Generator:
         self.journal.close()
         atomic_write_jsonl(self.out / REJECTS, (r.to_dict() for r in self._rejects(results)))
         merge(self.out)
-        manifest = self._manifest("complete", plan, results, source, started, audit)
+        # a run that delivered nothing says so (and the CLI exits non-zero): "complete" would read as success
+        nothing = not any(sum(r.delivered.values()) for r in results) and any(dp.total for dp in plan.docs)
+        manifest = self._manifest("nothing_delivered" if nothing else "complete", plan, results, source, started,
+                                  audit)
         if self._paraphrase_report is not None:
             manifest["paraphrases"] = self._paraphrase_report
             for f, res in zip(manifest["files"], results):

@@ -40,6 +40,8 @@ class Slot:
     asked: Counter = field(default_factory=Counter)  # how often each exact prompt was asked
     where: tuple = ()  # (chunk index, split): part of every journal key, so identical chunks never share one
     errors: int = 0
+    truncated: int = 0  # replies cut off (finish_reason: length)
+    cap: int | None = None  # most pairs per request after a cut-off reply (halved at each one)
     dropped: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
     judge_calls: int = 0  # judge requests made for this chunk and split (replayed ones included)
@@ -122,18 +124,31 @@ class DocumentRunner:
         per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2) * t.turns
         task = {"excerpt": chunk.text, "count": count, "split": split, "language": dp.language, "avoid": avoid,
                 "reasoning": self.settings.reasoning}
-        request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
-                              max_tokens=200 + per_pair * count, seed=self.settings.seed, task=task)
         # The journal key holds the chunk and split (two chunks with the same text are different
         # work) and counts how often this exact prompt was asked before for them, not the call's position: a rerun in which an earlier request now succeeds (and so
         # shifts the positions) still replays every prompt it already paid for.
         prompt_id = request_key(messages=messages)
-        ordinal = [*slot.where, slot.asked[prompt_id]]
+        asked = slot.asked[prompt_id]
+        # --seed: the same prompt asked again gets the next seed (seed + attempt), so a retry can
+        # bring something new; still the same seeds on every run
+        seed = None if self.settings.seed is None else self.settings.seed + asked
+        request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
+                              max_tokens=200 + per_pair * count, seed=seed, task=task)
+        ordinal = [*slot.where, asked]
         slot.asked[prompt_id] += 1
         slot.calls += 1
         reply = self.caller.call(request, ordinal, count, chunk=f"{dp.doc.relpath}#{i}")
         slot.chain += 0 if reply.replayed else 1  # a replayed call takes no time
         where = dict(source=dp.doc.relpath, chunk=chunk.index, split=split)
+        if reply.truncated:
+            # never final: kept in rejects with its reason; the next request asks for fewer pairs
+            slot.truncated += 1
+            slot.cap = max(1, count // 2)
+            slot.rejects.append(Reject("truncated_reply", reason="finish_reason: length", error=reply.error,
+                                       raw=reply.raw, **where))
+            self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): reply cut off (finish_reason: "
+                               f"length) asking for {count} pair(s); asking for {slot.cap} at a time")
+            return None
         if reply.text is None:
             slot.errors += 1
             slot.rejects.append(Reject("request_failed", error=reply.error, **where))
@@ -168,9 +183,10 @@ class DocumentRunner:
         # returning half of what it is asked still gets there); at most ``want`` extra in all
         while len(slot.pairs) < want and (made < max_calls or progress) and made < max_calls + want:
             remaining = want - len(slot.pairs)
-            count = batches(remaining, s.batch_size)[0]
+            size = min(s.batch_size, slot.cap or s.batch_size)  # fewer after a cut-off reply
+            count = batches(remaining, size)[0]
             if count == remaining:  # the last batch: spares ride along where it has room (never a request)
-                count = min(s.batch_size, count + max(0, spare - len(slot.reserve)))
+                count = min(size, count + max(0, spare - len(slot.reserve)))
             pin = list(dict.fromkeys(pinned))[: s.avoid_cap // 3]
             avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
             made += 1

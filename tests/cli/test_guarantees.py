@@ -363,7 +363,8 @@ def test_a_retry_waiting_for_a_server_that_then_refuses_the_key_fails_alone(tmp_
     assert "every model server refused" not in result.output, result.output
     assert result.exit_code == 4, result.output  # finished, short because requests failed
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert m["status"] == "complete" and m["endpoints"][1]["refused"] is True and retried >= 1
+    # finished (not stopped), without a single pair: every request failed
+    assert m["status"] == "nothing_delivered" and m["endpoints"][1]["refused"] is True and retried >= 1
     assert m["totals"]["failed_requests"] > 0
 
 
