@@ -271,3 +271,230 @@ def test_killed_finetune_resumes_from_its_last_checkpoint(tiny_model, dataset, t
     if best["step"]:
         assert (Path(best["adapter"]) / "adapter_model.safetensors").exists()
     assert "s/step  ETA" in full.stderr and "validation loss" in full.stderr
+
+
+# --------------------------------------------------------------------------- MLX parity with torch
+# A Gemma-2-style template: writes <bos> itself and refuses a system turn (datakeg folds it into the
+# first user turn). None: a base model without a template (ChatML, BOS prepended by datakeg).
+GEMMA_LIKE_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+SYSTEM = "You are the Tallyho expert."
+
+
+def _rows(path):
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _small_model(folder, dataset, chat_template):
+    """A Llama-shaped model (2 layers, 32 wide) around a 400-token byte-level BPE trained on the
+    dataset, whose tokenizer puts <bos> before plain text as Gemma's and Llama's do: fast under MLX
+    on a Linux CPU."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [m["content"] for split in ("train", "valid") for row in _rows(dataset / f"{split}.jsonl") for m in row]
+    bpe.train_from_iterator(texts + [SYSTEM], trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = bpe.token_to_id("<bos>")
+    bpe.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                       special_tokens=[("<bos>", bos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                  unk_token="<unk>")
+    tok.chat_template = chat_template
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_models(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    return {"gemma-like": _small_model(root / "gemma-like", dataset, GEMMA_LIKE_TEMPLATE),
+            "chatml-fallback": _small_model(root / "chatml-fallback", dataset, None)}
+
+
+def _ft(dataset, model, out, backend, *extra):
+    return ["finetune", str(dataset), "--base-model", str(model), "--backend", backend, "-o", str(out),
+            "--batch-size", "2", "--max-length", "1024", "--learning-rate", "1e-3", "--system-message", SYSTEM,
+            *extra]
+
+
+@pytest.mark.parametrize("kind", ["gemma-like", "chatml-fallback"])
+def test_mlx_trains_on_the_same_tokens_as_torch(kind, small_models, dataset, tmp_path, monkeypatch):
+    """Both backends, the same rows and --system-message: record what each model is trained on (torch:
+    the input ids and labels its forward receives; MLX: the batch and mask its loss receives) and
+    compare. BOS once at the start of every sequence, the system message by the same rule, the loss on
+    the answer only."""
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from datakeg.support.chat_template import DEFAULT_CHAT_TEMPLATE
+    from datakeg.training import mlx_backend
+
+    model_dir = small_models[kind]
+    seen_torch, seen_mlx = [], []
+    forward = LlamaForCausalLM.forward
+
+    def record_torch(self, input_ids=None, attention_mask=None, labels=None, **kw):
+        if self.training:
+            for ids, mask, lab in zip(input_ids.tolist(), attention_mask.tolist(), labels.tolist()):
+                n = sum(mask)
+                seen_torch.append((ids[:n], next(i for i, x in enumerate(lab) if x != -100)))
+        return forward(self, input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kw)
+
+    loss = mlx_backend.masked_loss
+
+    def record_mlx(model, batch, lengths):
+        if model.training:
+            for ids, (offset, n) in zip(batch.tolist(), lengths.tolist()):
+                seen_mlx.append((ids[:n], offset))
+        return loss(model, batch, lengths)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", record_torch)
+    monkeypatch.setattr(mlx_backend, "masked_loss", record_mlx)
+    for backend in ("torch", "mlx"):
+        result = CliRunner().invoke(cli, _ft(dataset, model_dir, tmp_path / backend, backend, "--epochs", "1"),
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    train_rows = len(_rows(dataset / "train.jsonl"))
+    assert len(seen_torch) == train_rows // 2 * 2 > 6
+    assert seen_mlx == seen_torch  # the same sequences, masks and order
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    answers = {row[-1]["content"] for row in _rows(dataset / "train.jsonl")}
+    for ids, offset in seen_mlx:
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+        text = tok.decode(ids[1:])
+        if kind == "gemma-like":  # the template refuses a system turn: folded into the first user turn
+            assert text.startswith(f"<start_of_turn>user\n{SYSTEM}\n\n") and "system" not in text
+        else:
+            assert text.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
+        trained = tok.decode(ids[offset:])  # the loss covers exactly the answer, its end marker and EOS
+        assert any(trained == a + end for a in answers
+                   for end in ("<end_of_turn>\n<eos>", "<|im_end|>\n<eos>")), trained
+    for backend in ("torch", "mlx"):
+        summary = json.loads((tmp_path / backend / "finetune.json").read_text())
+        assert summary["backend"] == backend and summary["steps"] == train_rows // 2
+        assert [h["step"] for h in summary["history"]] == [0, summary["steps"]]  # before training, epoch end
+        assert math.isfinite(summary["final_loss"])
+    # the chat template used in training travels with the fused MLX model
+    used = GEMMA_LIKE_TEMPLATE if kind == "gemma-like" else DEFAULT_CHAT_TEMPLATE
+    assert AutoTokenizer.from_pretrained(tmp_path / "mlx" / "merged").chat_template == used
+
+
+def test_mlx_loss_counts_answer_tokens_only():
+    """mlx-lm's default_loss also counts the first padding position after each row; datakeg's loss
+    counts positions offset..length-1 only, as torch's labels do."""
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    import mlx.core as mx
+
+    from datakeg.training.mlx_backend import batch_arrays, masked_loss
+
+    class Uniform:
+        def __call__(self, x):
+            return mx.zeros((*x.shape, 10))
+
+    batch, lengths = batch_arrays([([1, 2, 3, 4, 5], 3), ([1, 2, 3], 1)], pad_id=0)
+    assert batch.tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]]
+    loss, ntoks = masked_loss(Uniform(), batch, lengths)
+    assert ntoks.item() == (5 - 3) + (3 - 1)  # tokens 3,4 of the first row; 1,2 of the second
+    assert loss.item() == pytest.approx(math.log(10), rel=1e-5)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _mlx_opts(dataset, model_dir, out, **kw):
+    from datakeg.training.options import FinetuneOptions
+
+    return FinetuneOptions(data=dataset, base_model=str(model_dir), output=out, backend="mlx", epochs=2,
+                           batch_size=2, learning_rate=1e-3, max_length=1024, save_every=2, **kw)
+
+
+def test_mlx_resume_continues_from_the_newest_checkpoint(small_models, dataset, tmp_path):
+    """A run stopped right after its step-2 checkpoint (an exception out of the progress callback, as a
+    crash or Ctrl+C would) and resumed ends with the adapter, losses and validation history of an
+    uninterrupted run: the step count, adapter and optimizer state (AdamW moments and its step, which
+    drives the learning-rate schedule) were all restored."""
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    import mlx.core as mx
+
+    from datakeg.training.finetune import finetune
+
+    model_dir = small_models["gemma-like"]
+    out = tmp_path / "stopped"
+
+    def stop_after_step_2(event):
+        if event["event"] == "checkpoint" and event["step"] == 2:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        finetune(_mlx_opts(dataset, model_dir, out), stop_after_step_2)
+    assert not (out / "finetune.json").exists() and not (out / "adapter").exists()
+    state = json.loads((out / "checkpoints" / "step-2" / "state.json").read_text())
+    assert state["step"] == 2 and len(state["losses"]) == 2
+    assert mx.load(str(out / "checkpoints" / "step-2" / "optimizer.safetensors"))["step"].item() == 2
+
+    events = []
+    resumed = finetune(_mlx_opts(dataset, model_dir, out, resume=True), events.append)
+    assert any(e["event"] == "resume" and e["step"] == 2 for e in events)
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    total = 2 * (resumed["train_rows"] // 2)
+    assert steps == list(range(3, total + 1))  # continues at step 3, redoes nothing
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == total
+
+    whole = finetune(_mlx_opts(dataset, model_dir, tmp_path / "whole"), lambda e: None)
+    assert resumed["final_loss"] == pytest.approx(whole["final_loss"], rel=1e-5)
+    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in whole["history"]]
+    assert [h["val_loss"] for h in resumed["history"]] == pytest.approx([h["val_loss"] for h in whole["history"]],
+                                                                        rel=1e-5)
+    a = mx.load(str(out / "adapter" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "whole" / "adapter" / "adapters.safetensors"))
+    assert a.keys() == b.keys() and all(mx.allclose(a[k], b[k], atol=1e-6).item() for k in a)
+    assert resumed["best"]["val_loss"] == min(h["val_loss"] for h in resumed["history"])
+    # the adapter loads onto the base with mlx-lm; the fused model loads on its own
+    from mlx_lm import load
+
+    load(str(model_dir), adapter_path=str(out / "adapter"))
+    load(str(out / "merged"))
+
+
+def test_mlx_resume_refusals_come_before_training(small_models, dataset, tmp_path):
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    model_dir = small_models["gemma-like"]
+    out = tmp_path / "ft"
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--resume"))
+    assert result.exit_code == 2 and "--resume found no checkpoint under" in result.output
+    assert "loading" not in result.output  # refused before the model was even loaded
+    # a torch checkpoint is not an MLX one
+    (out / "checkpoints" / "step-4").mkdir(parents=True)
+    (out / "checkpoints" / "step-4" / "state.pt").write_bytes(b"")
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--resume"))
+    assert result.exit_code == 2 and "written by --backend torch" in result.output and "loading" not in result.output
+    # a checkpoint of a run with other settings is refused, not half-continued
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--epochs", "1", "--save-every", "2"))
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--epochs", "2", "--resume"))
+    assert result.exit_code == 2 and "was written by a run with" in result.output
+    assert "step 1/" not in result.output  # no step was trained
