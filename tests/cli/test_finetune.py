@@ -289,10 +289,9 @@ def _rows(path):
     return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def _small_model(folder, dataset, chat_template):
-    """A Llama-shaped model (2 layers, 32 wide) around a 400-token byte-level BPE trained on the
-    dataset, whose tokenizer puts <bos> before plain text as Gemma's and Llama's do: fast under MLX
-    on a Linux CPU."""
+def _small_tokenizer(dataset):
+    """A 400-token byte-level BPE trained on the dataset that puts <bos> before plain text, as
+    Gemma's and Llama's tokenizers do."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -301,7 +300,7 @@ def _small_model(folder, dataset, chat_template):
         processors,
         trainers,
     )
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -313,24 +312,41 @@ def _small_model(folder, dataset, chat_template):
     bos = bpe.token_to_id("<bos>")
     bpe.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
                                                        special_tokens=[("<bos>", bos)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                  unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+ARCHS = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+
+
+def _small_model(folder, tok, chat_template, arch="llama"):
+    """A model 32 wide with random weights around TOK: Llama with 2 layers, or Gemma 3 with the 6
+    layers mlx-lm needs for it. Fast under MLX on a Linux CPU."""
+    import transformers
+
     tok.chat_template = chat_template
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    ids = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+           "pad_token_id": tok.pad_token_id, "max_position_embeddings": 2048}
+    if arch == "gemma3":
+        config = transformers.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                               sliding_window=64, **ids)
+    else:
+        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                          **ids)
+    getattr(transformers, ARCHS[arch])(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
 def small_models(dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
-    return {"gemma-like": _small_model(root / "gemma-like", dataset, GEMMA_LIKE_TEMPLATE),
-            "chatml-fallback": _small_model(root / "chatml-fallback", dataset, None)}
+    root, tok = tmp_path_factory.mktemp("small"), _small_tokenizer(dataset)
+    return {"gemma-like": _small_model(root / "gemma-like", tok, GEMMA_LIKE_TEMPLATE),
+            "chatml-fallback": _small_model(root / "chatml-fallback", tok, None),
+            "gemma3-6-layers": _small_model(root / "gemma3", tok, GEMMA_LIKE_TEMPLATE, arch="gemma3")}
 
 
 def _ft(dataset, model, out, backend, *extra):
@@ -339,21 +355,24 @@ def _ft(dataset, model, out, backend, *extra):
             *extra]
 
 
-@pytest.mark.parametrize("kind", ["gemma-like", "chatml-fallback"])
+@pytest.mark.parametrize("kind", ["gemma-like", "chatml-fallback", "gemma3-6-layers"])
 def test_mlx_trains_on_the_same_tokens_as_torch(kind, small_models, dataset, tmp_path, monkeypatch):
     """Both backends, the same rows and --system-message: record what each model is trained on (torch:
     the input ids and labels its forward receives; MLX: the batch and mask its loss receives) and
     compare. BOS once at the start of every sequence, the system message by the same rule, the loss on
-    the answer only."""
+    the answer only. Llama-shaped models with a Gemma-style template and on the ChatML fallback, and a
+    Gemma 3 model."""
     pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    import transformers
+    from transformers import AutoTokenizer
 
     from datakeg.support.chat_template import DEFAULT_CHAT_TEMPLATE
     from datakeg.training import mlx_backend
 
     model_dir = small_models[kind]
     seen_torch, seen_mlx = [], []
-    forward = LlamaForCausalLM.forward
+    model_class = getattr(transformers, ARCHS["gemma3" if kind == "gemma3-6-layers" else "llama"])
+    forward = model_class.forward
 
     def record_torch(self, input_ids=None, attention_mask=None, labels=None, **kw):
         if self.training:
@@ -370,7 +389,7 @@ def test_mlx_trains_on_the_same_tokens_as_torch(kind, small_models, dataset, tmp
                 seen_mlx.append((ids[:n], offset))
         return loss(model, batch, lengths)
 
-    monkeypatch.setattr(LlamaForCausalLM, "forward", record_torch)
+    monkeypatch.setattr(model_class, "forward", record_torch)
     monkeypatch.setattr(mlx_backend, "masked_loss", record_mlx)
     for backend in ("torch", "mlx"):
         result = CliRunner().invoke(cli, _ft(dataset, model_dir, tmp_path / backend, backend, "--epochs", "1"),
@@ -385,7 +404,7 @@ def test_mlx_trains_on_the_same_tokens_as_torch(kind, small_models, dataset, tmp
     for ids, offset in seen_mlx:
         assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
         text = tok.decode(ids[1:])
-        if kind == "gemma-like":  # the template refuses a system turn: folded into the first user turn
+        if kind != "chatml-fallback":  # the template refuses a system turn: folded into the first user turn
             assert text.startswith(f"<start_of_turn>user\n{SYSTEM}\n\n") and "system" not in text
         else:
             assert text.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
@@ -398,7 +417,7 @@ def test_mlx_trains_on_the_same_tokens_as_torch(kind, small_models, dataset, tmp
         assert [h["step"] for h in summary["history"]] == [0, summary["steps"]]  # before training, epoch end
         assert math.isfinite(summary["final_loss"])
     # the chat template used in training travels with the fused MLX model
-    used = GEMMA_LIKE_TEMPLATE if kind == "gemma-like" else DEFAULT_CHAT_TEMPLATE
+    used = DEFAULT_CHAT_TEMPLATE if kind == "chatml-fallback" else GEMMA_LIKE_TEMPLATE
     assert AutoTokenizer.from_pretrained(tmp_path / "mlx" / "merged").chat_template == used
 
 
