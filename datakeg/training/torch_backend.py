@@ -1,7 +1,8 @@
 """LoRA fine-tuning with transformers + peft: chat template applied, loss on the answer only.
 
 A run survives interruption: OUTPUT/checkpoints/step-N/ (adapter, optimizer, scheduler, step, RNG
-states) is written every ``--save-every`` steps and at the end of each epoch, atomically (a killed
+states; the folder layout and row encoding are datakeg.training.shared's, as for MLX) is written
+every ``--save-every`` steps and at the end of each epoch, atomically (a killed
 run never leaves half a checkpoint); ``--resume`` continues from the newest one with the same data
 order, so a resumed run ends where an uninterrupted one would. The adapter with the lowest
 validation loss is kept in OUTPUT/checkpoints/best/ (validation runs before training and after each
@@ -113,7 +114,7 @@ def plan_memory(opts: FinetuneOptions, config, parameters: int, param_bytes: int
     return checkpointing, info
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- training
 def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> dict:
     _imports()
     import torch
