@@ -2,8 +2,10 @@
 
 Backends: ``mlx`` (mlx-lm, for Apple Silicon; it also runs on a Linux CPU with ``mlx-lm[cpu]``, about
 40x slower than torch there, so it is never proposed on Linux) and ``torch`` (transformers + peft
-LoRA; CUDA with bf16 and gradient checkpointing, or fp32 on the CPU for small models). Every row format datakeg writes is accepted; reasoning rows train the model to answer
-with ``<think>reasoning</think>`` first.
+LoRA; CUDA with bf16 and gradient checkpointing, or fp32 on the CPU for small models). Both train on
+the same token ids in the same batch order with the same schedule, checkpoints and ``--resume``
+(datakeg.training.shared). Every row format datakeg writes is accepted; reasoning rows train the
+model to answer with ``<think>reasoning</think>`` first.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """LoRA fine-tuning with transformers + peft: chat template applied, loss on the answer only.
 
 A run survives interruption: OUTPUT/checkpoints/step-N/ (adapter, optimizer, scheduler, step, RNG
-states) is written every ``--save-every`` steps and at the end of each epoch, atomically (a killed
+states; the folder layout and row encoding are datakeg.training.shared's, as for MLX) is written
+every ``--save-every`` steps and at the end of each epoch, atomically (a killed
 run never leaves half a checkpoint); ``--resume`` continues from the newest one with the same data
 order, so a resumed run ends where an uninterrupted one would. The adapter with the lowest
 validation loss is kept in OUTPUT/checkpoints/best/ (validation runs before training and after each
@@ -15,14 +16,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 
 from datakeg.errors import ConfigError, DatakegError
-from datakeg.support.chat_template import ensure_chat_template, render, text_ids
+from datakeg.support.chat_template import ensure_chat_template
 from datakeg.training.options import TORCH_HINT, FinetuneOptions
+from datakeg.training.shared import (
+    atomic_dir,
+    check_lengths,
+    check_resumable,
+    copy_tokenizer_files,
+    encode,
+    epoch_batches,
+    newest_checkpoint,
+    prune_checkpoints,
+    step_counts,
+    warmup_steps,
+)
 
 GIB = 2**30
 
@@ -34,32 +46,6 @@ def _imports():
         import transformers  # noqa: F401
     except ImportError as exc:
         raise DatakegError(f"--backend torch needs {exc.name}, which is not installed.", TORCH_HINT) from None
-
-
-def encode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Token ids of the whole conversation and labels that train on every assistant turn (each
-    answer of a multi-turn row, the template's end-of-turn marker included) and mask the rest.
-    BOS comes first when the tokenizer wants one (see datakeg.support.chat_template)."""
-    ids: list[int] = []
-    labels: list[int] = []
-    done = ""  # the text encoded so far: each render must extend it
-    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
-    for k, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prompt = render(tokenizer, messages[:k], add_generation_prompt=True)
-        full = render(tokenizer, messages[:k + 1])
-        if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise DatakegError("the chat template does not render the prompt as a prefix of the conversation",
-                               "Use a base model whose chat template renders turns in order.")
-        prompt_ids = text_ids(tokenizer, prompt[len(done):], first=not done)
-        answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
-        if k == last and tokenizer.eos_token_id is not None and (not answer_ids or answer_ids[-1] != tokenizer.eos_token_id):
-            answer_ids = answer_ids + [tokenizer.eos_token_id]
-        ids += prompt_ids + answer_ids
-        labels += [-100] * len(prompt_ids) + answer_ids
-        done = full
-    return ids, labels
 
 
 # --------------------------------------------------------------------------- memory
@@ -128,37 +114,7 @@ def plan_memory(opts: FinetuneOptions, config, parameters: int, param_bytes: int
     return checkpointing, info
 
 
-# --------------------------------------------------------------------------- checkpoints
-def _checkpoints(root: Path) -> list[Path]:
-    found = []
-    for p in root.glob("step-*"):
-        if p.is_dir() and (p / "state.pt").exists() and p.name[5:].isdigit():
-            found.append(p)
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def _atomic_dir(dest: Path, write) -> None:
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = dest.with_name(dest.name + f".old{os.getpid()}")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def copy_tokenizer_files(base: Path, merged: Path) -> None:
-    """The base's SentencePiece tokenizer.model into the merged folder: Ollama's safetensors import
-    reads it for SentencePiece models (tokenizer.json alone is not enough)."""
-    src = Path(base) / "tokenizer.model"
-    if src.is_file() and not (Path(merged) / "tokenizer.model").exists():
-        shutil.copy2(src, Path(merged) / "tokenizer.model")
-
-
+# --------------------------------------------------------------------------- training
 def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> dict:
     _imports()
     import torch
@@ -175,13 +131,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
     dtype = torch.bfloat16 if cuda else torch.float32
     out = Path(opts.output)
     ckpt_root = out / "checkpoints"
-    resume_from = None
-    if opts.resume:
-        found = _checkpoints(ckpt_root)
-        if not found:
-            raise ConfigError(f"--resume found no checkpoint under {ckpt_root}.",
-                              "Run without --resume to start from the beginning.")
-        resume_from = found[-1]
+    resume_from = newest_checkpoint(ckpt_root, "torch") if opts.resume else None
     progress({"event": "load", "message": f"loading {opts.base_model} on {device} ({str(dtype)[6:]})"})
     try:
         tokenizer = AutoTokenizer.from_pretrained(opts.base_model)
@@ -197,12 +147,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
         return [encode(tokenizer, c.messages) for c in rows]
 
     train_enc, valid_enc = encode_all(train), encode_all(valid)
-    longest = max(len(ids) for ids, _ in train_enc + valid_enc)
-    too_long = sum(1 for ids, _ in train_enc + valid_enc if len(ids) > opts.max_length)
-    if too_long:
-        raise ConfigError(f"{too_long} row(s) are longer than --max-length {opts.max_length} tokens "
-                          f"(the longest has {longest}).",
-                          f"Raise --max-length to {longest} or more, or drop those rows.")
+    longest = check_lengths(train_enc + valid_enc, opts.max_length)
 
     total_params = sum(p.numel() for p in model.parameters())
     checkpointing, memory = plan_memory(opts, model.config, total_params, 2 if cuda else 4, longest, cuda, progress)
@@ -223,18 +168,10 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=device)
         return input_ids, mask, labels
 
-    def epoch_batches(epoch: int) -> list[list[int]]:
-        """The row order of an epoch, a function of (seed, epoch) only, so a resumed run sees the
-        same batches as an uninterrupted one."""
-        order = list(range(len(train_enc)))
-        random.Random(f"{opts.seed}:{epoch}").shuffle(order)
-        return [order[i:i + opts.batch_size] for i in range(0, len(order) - opts.batch_size + 1, opts.batch_size)]
-
-    steps_per_epoch = max(1, len(train_enc) // opts.batch_size)
-    total_steps = max(1, math.ceil(steps_per_epoch * opts.epochs))
+    steps_per_epoch, total_steps = step_counts(len(train_enc), opts.batch_size, opts.epochs)
     save_every = opts.save_every if opts.save_every and opts.save_every > 0 else None
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.learning_rate)
-    sched = get_linear_schedule_with_warmup(optim, max(1, total_steps // 10), total_steps)
+    sched = get_linear_schedule_with_warmup(optim, warmup_steps(total_steps), total_steps)
 
     def val_loss() -> float:
         model.eval()
@@ -254,10 +191,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
         from safetensors.torch import load_file
 
         state = torch.load(resume_from / "state.pt", map_location=device, weights_only=False)
-        if state["total_steps"] != total_steps or state["train_rows"] != len(train_enc):
-            raise ConfigError(f"{resume_from} was written by a run with {state['total_steps']} steps over "
-                              f"{state['train_rows']} rows; this one has {total_steps} over {len(train_enc)}.",
-                              "Resume with the same data and --epochs/--batch-size, or start afresh without --resume.")
+        check_resumable(resume_from, state, total_steps, len(train_enc))
         set_peft_model_state_dict(model, load_file(str(resume_from / "adapter" / "adapter_model.safetensors")))
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -284,9 +218,8 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
                         "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
                         "history": history, "losses": losses, "best": best}, tmp / "state.pt")
 
-        _atomic_dir(ckpt_root / f"step-{step}", write)
-        for old in _checkpoints(ckpt_root)[:-2]:  # keep the last two (and best/)
-            shutil.rmtree(old, ignore_errors=True)
+        atomic_dir(ckpt_root / f"step-{step}", write)
+        prune_checkpoints(ckpt_root, "torch")  # keep the last two (and best/)
         progress({"event": "checkpoint", "step": step, "message": f"checkpoint {ckpt_root / f'step-{step}'}"})
 
     if cuda:
@@ -295,7 +228,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
     started, first_step = time.perf_counter(), step
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        for rows in epoch_batches(epoch)[offset:]:
+        for rows in epoch_batches(len(train_enc), opts.batch_size, opts.seed, epoch)[offset:]:
             input_ids, mask, labels = batch_tensors([train_enc[i] for i in rows])
             loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             if not torch.isfinite(loss):
@@ -319,7 +252,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
                 progress({"event": "eval", "step": step, "val_loss": v})
                 if v < best["val_loss"]:
                     best = {"step": step, "val_loss": v}
-                    _atomic_dir(ckpt_root / "best", lambda tmp: model.save_pretrained(tmp / "adapter"))
+                    atomic_dir(ckpt_root / "best", lambda tmp: model.save_pretrained(tmp / "adapter"))
             if end_of_epoch or (save_every and step % save_every == 0):
                 save_checkpoint()
             if step >= total_steps:

@@ -94,13 +94,16 @@ def test_torch_refuses_rows_over_max_length_and_small_splits(tiny_model, dataset
     assert result.exit_code == 2 and "fewer than --batch-size 1000" in result.output
 
 
-def test_mlx_lora_adapter_and_fused_model(tiny_model, dataset, tmp_path):
+def test_mlx_lora_adapter_and_fused_model(small_models, dataset, tmp_path):
+    """Under MLX on a Linux CPU a step of the 262k-token tiny model takes seconds: the small-vocabulary
+    model (below) keeps this test short."""
     pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
     from mlx_lm import generate, load
 
+    tiny_model = small_models["chatml-fallback"]
     out = tmp_path / "ft"
     result = CliRunner().invoke(cli, ["finetune", str(dataset), "--base-model", str(tiny_model), "--backend", "mlx",
-                                      "-o", str(out), "--epochs", "1", "--batch-size", "2", "--max-length", "512",
+                                      "-o", str(out), "--epochs", "1", "--batch-size", "2", "--max-length", "1024",
                                       "--learning-rate", "1e-3"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "finetune.json").read_text())
@@ -271,3 +274,254 @@ def test_killed_finetune_resumes_from_its_last_checkpoint(tiny_model, dataset, t
     if best["step"]:
         assert (Path(best["adapter"]) / "adapter_model.safetensors").exists()
     assert "s/step  ETA" in full.stderr and "validation loss" in full.stderr
+
+
+# --------------------------------------------------------------------------- MLX parity with torch
+# A Gemma-2-style template: writes <bos> itself and refuses a system turn (datakeg folds it into the
+# first user turn). None: a base model without a template (ChatML, BOS prepended by datakeg).
+GEMMA_LIKE_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+SYSTEM = "You are the Tallyho expert."
+
+
+def _rows(path):
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _small_tokenizer(dataset):
+    """A 400-token byte-level BPE trained on the dataset that puts <bos> before plain text, as
+    Gemma's and Llama's tokenizers do."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [m["content"] for split in ("train", "valid") for row in _rows(dataset / f"{split}.jsonl") for m in row]
+    bpe.train_from_iterator(texts + [SYSTEM], trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = bpe.token_to_id("<bos>")
+    bpe.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                       special_tokens=[("<bos>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+ARCHS = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+
+
+def _small_model(folder, tok, chat_template, arch="llama"):
+    """A model 32 wide with random weights around TOK: Llama with 2 layers, or Gemma 3 with the 6
+    layers mlx-lm needs for it. Fast under MLX on a Linux CPU."""
+    import transformers
+
+    tok.chat_template = chat_template
+    torch.manual_seed(0)
+    ids = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+           "pad_token_id": tok.pad_token_id, "max_position_embeddings": 2048}
+    if arch == "gemma3":
+        config = transformers.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                               sliding_window=64, **ids)
+    else:
+        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                          **ids)
+    getattr(transformers, ARCHS[arch])(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_models(dataset, tmp_path_factory):
+    root, tok = tmp_path_factory.mktemp("small"), _small_tokenizer(dataset)
+    return {"gemma-like": _small_model(root / "gemma-like", tok, GEMMA_LIKE_TEMPLATE),
+            "chatml-fallback": _small_model(root / "chatml-fallback", tok, None),
+            "gemma3-6-layers": _small_model(root / "gemma3", tok, GEMMA_LIKE_TEMPLATE, arch="gemma3")}
+
+
+def _ft(dataset, model, out, backend, *extra):
+    return ["finetune", str(dataset), "--base-model", str(model), "--backend", backend, "-o", str(out),
+            "--batch-size", "2", "--max-length", "1024", "--learning-rate", "1e-3", "--system-message", SYSTEM,
+            *extra]
+
+
+@pytest.mark.parametrize("kind", ["gemma-like", "chatml-fallback", "gemma3-6-layers"])
+def test_mlx_trains_on_the_same_tokens_as_torch(kind, small_models, dataset, tmp_path, monkeypatch):
+    """Both backends, the same rows and --system-message: record what each model is trained on (torch:
+    the input ids and labels its forward receives; MLX: the batch and mask its loss receives) and
+    compare. BOS once at the start of every sequence, the system message by the same rule, the loss on
+    the answer only. Llama-shaped models with a Gemma-style template and on the ChatML fallback, and a
+    Gemma 3 model."""
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    import transformers
+    from transformers import AutoTokenizer
+
+    from datakeg.support.chat_template import DEFAULT_CHAT_TEMPLATE
+    from datakeg.training import mlx_backend
+
+    model_dir = small_models[kind]
+    seen_torch, seen_mlx = [], []
+    model_class = getattr(transformers, ARCHS["gemma3" if kind == "gemma3-6-layers" else "llama"])
+    forward = model_class.forward
+
+    def record_torch(self, input_ids=None, attention_mask=None, labels=None, **kw):
+        if self.training:
+            for ids, mask, lab in zip(input_ids.tolist(), attention_mask.tolist(), labels.tolist()):
+                n = sum(mask)
+                seen_torch.append((ids[:n], [i for i, x in enumerate(lab[:n]) if x != -100]))
+        return forward(self, input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kw)
+
+    loss = mlx_backend.masked_loss
+
+    def record_mlx(model, batch, mask):
+        if model.training:
+            for ids, m in zip(batch.tolist(), mask.tolist()):
+                n = sum(1 for x in m if x >= 0)
+                seen_mlx.append((ids[:n], [i for i, x in enumerate(m) if x == 1]))
+        return loss(model, batch, mask)
+
+    monkeypatch.setattr(model_class, "forward", record_torch)
+    monkeypatch.setattr(mlx_backend, "masked_loss", record_mlx)
+    for backend in ("torch", "mlx"):
+        result = CliRunner().invoke(cli, _ft(dataset, model_dir, tmp_path / backend, backend, "--epochs", "1"),
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    train_rows = len(_rows(dataset / "train.jsonl"))
+    assert len(seen_torch) == train_rows // 2 * 2 > 6
+    assert seen_mlx == seen_torch  # the same sequences, masks and order
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    answers = {row[-1]["content"] for row in _rows(dataset / "train.jsonl")}
+    for ids, trained_at in seen_mlx:
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+        text = tok.decode(ids[1:])
+        if kind != "chatml-fallback":  # the template refuses a system turn: folded into the first user turn
+            assert text.startswith(f"<start_of_turn>user\n{SYSTEM}\n\n") and "system" not in text
+        else:
+            assert text.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
+        # the loss covers exactly the answer, its end marker and EOS
+        assert trained_at == list(range(trained_at[0], len(ids)))
+        trained = tok.decode([ids[i] for i in trained_at])
+        assert any(trained == a + end for a in answers
+                   for end in ("<end_of_turn>\n<eos>", "<|im_end|>\n<eos>")), trained
+    for backend in ("torch", "mlx"):
+        summary = json.loads((tmp_path / backend / "finetune.json").read_text())
+        assert summary["backend"] == backend and summary["steps"] == train_rows // 2
+        assert [h["step"] for h in summary["history"]] == [0, summary["steps"]]  # before training, epoch end
+        assert math.isfinite(summary["final_loss"])
+    # the chat template used in training travels with the fused MLX model
+    used = DEFAULT_CHAT_TEMPLATE if kind == "chatml-fallback" else GEMMA_LIKE_TEMPLATE
+    assert AutoTokenizer.from_pretrained(tmp_path / "mlx" / "merged").chat_template == used
+
+
+def test_mlx_loss_counts_answer_tokens_only():
+    """mlx-lm's default_loss also counts the first padding position after each row; datakeg's loss
+    counts the answer tokens only, as torch's labels do (a user turn between two answers too)."""
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    import mlx.core as mx
+
+    from datakeg.training.mlx_backend import batch_arrays, masked_loss
+
+    class Uniform:
+        def __call__(self, x):
+            return mx.zeros((*x.shape, 10))
+
+    batch, mask = batch_arrays([([1, 2, 3, 4, 5], [-100, -100, -100, 4, 5]), ([1, 2, 3], [-100, 2, 3]),
+                                ([1, 2, 3, 4, 5], [-100, 2, -100, -100, 5])], pad_id=0)
+    assert batch.tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 0, 0], [1, 2, 3, 4, 5]]
+    loss, ntoks = masked_loss(Uniform(), batch, mask)
+    # tokens 4,5 of the first row; 2,3 of the second (not its padding); 2 and 5 of the third
+    assert ntoks.item() == 2 + 2 + 2
+    assert loss.item() == pytest.approx(math.log(10), rel=1e-5)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _mlx_opts(dataset, model_dir, out, **kw):
+    from datakeg.training.options import FinetuneOptions
+
+    return FinetuneOptions(data=dataset, base_model=str(model_dir), output=out, backend="mlx", epochs=2,
+                           batch_size=2, learning_rate=1e-3, max_length=1024, save_every=2, **kw)
+
+
+def test_mlx_resume_continues_from_the_newest_checkpoint(small_models, dataset, tmp_path):
+    """A run stopped right after its step-2 checkpoint (an exception out of the progress callback, as a
+    crash or Ctrl+C would) and resumed ends with the adapter, losses and validation history of an
+    uninterrupted run: the step count, adapter and optimizer state (AdamW moments and its step, which
+    drives the learning-rate schedule) were all restored."""
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    import mlx.core as mx
+
+    from datakeg.training.finetune import finetune
+
+    model_dir = small_models["gemma-like"]
+    out = tmp_path / "stopped"
+
+    def stop_after_step_2(event):
+        if event["event"] == "checkpoint" and event["step"] == 2:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        finetune(_mlx_opts(dataset, model_dir, out), stop_after_step_2)
+    assert not (out / "finetune.json").exists() and not (out / "adapter").exists()
+    state = json.loads((out / "checkpoints" / "step-2" / "state.json").read_text())
+    assert state["step"] == 2 and len(state["losses"]) == 2
+    assert mx.load(str(out / "checkpoints" / "step-2" / "optimizer.safetensors"))["step"].item() == 2
+
+    events = []
+    resumed = finetune(_mlx_opts(dataset, model_dir, out, resume=True), events.append)
+    assert any(e["event"] == "resume" and e["step"] == 2 for e in events)
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    total = 2 * (resumed["train_rows"] // 2)
+    assert steps == list(range(3, total + 1))  # continues at step 3, redoes nothing
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == total
+
+    whole = finetune(_mlx_opts(dataset, model_dir, tmp_path / "whole"), lambda e: None)
+    assert resumed["final_loss"] == pytest.approx(whole["final_loss"], rel=1e-5)
+    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in whole["history"]]
+    assert [h["val_loss"] for h in resumed["history"]] == pytest.approx([h["val_loss"] for h in whole["history"]],
+                                                                        rel=1e-5)
+    a = mx.load(str(out / "adapter" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "whole" / "adapter" / "adapters.safetensors"))
+    assert a.keys() == b.keys() and all(mx.allclose(a[k], b[k], atol=1e-6).item() for k in a)
+    assert resumed["best"]["val_loss"] == min(h["val_loss"] for h in resumed["history"])
+    # the adapter loads onto the base with mlx-lm; the fused model loads on its own
+    from mlx_lm import load
+
+    load(str(model_dir), adapter_path=str(out / "adapter"))
+    load(str(out / "merged"))
+
+
+def test_mlx_resume_refusals_come_before_training(small_models, dataset, tmp_path):
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    model_dir = small_models["gemma-like"]
+    out = tmp_path / "ft"
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--resume"))
+    assert result.exit_code == 2 and "--resume found no checkpoint under" in result.output
+    assert "loading" not in result.output  # refused before the model was even loaded
+    # a torch checkpoint is not an MLX one
+    (out / "checkpoints" / "step-4").mkdir(parents=True)
+    (out / "checkpoints" / "step-4" / "state.pt").write_bytes(b"")
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--resume"))
+    assert result.exit_code == 2 and "written by --backend torch" in result.output and "loading" not in result.output
+    # a checkpoint of a run with other settings is refused, not half-continued
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--epochs", "1", "--save-every", "2"))
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--epochs", "2", "--resume"))
+    assert result.exit_code == 2 and "was written by a run with" in result.output
+    assert "step 1/" not in result.output  # no step was trained

@@ -244,17 +244,26 @@ def test_finetune_trains_on_every_assistant_turn():
     assert tok.decode([i for i, lab in zip(single, single_labels) if lab != -100]).startswith("A one.<|im_end|>")
 
 
-def test_mlx_trains_on_every_assistant_turn_one_example_each():
+def test_mlx_trains_on_every_assistant_turn():
+    """MLX trains on the torch backend's ids and labels: every answer of a 3-turn row counts in the
+    loss, no question or system text does."""
+    pytest.importorskip("mlx_lm", reason="needs the [mlx] extra")
+    pytest.importorskip("transformers", reason="needs the [torch] extra")
     from datakeg.dataset.records import Pair
-    from datakeg.training.mlx_backend import per_answer
+    from datakeg.providers.local import bundled_tokenizer
+    from datakeg.support.chat_template import ensure_chat_template
+    from datakeg.training.mlx_backend import batch_arrays, encode_rows
 
-    three = Pair("Q1?", "A1.", followups=(("Q2?", "A2."), ("Q3?", "A3."))).conversation("S")
-    one = Pair("Q?", "A.").conversation()
-    examples = per_answer([three, one])
-    # mlx-lm masks everything before the last message of an example: each answer ends one
-    assert [e["messages"][-1]["content"] for e in examples] == ["A1.", "A2.", "A3.", "A."]
-    assert examples[2]["messages"] == three.messages and examples[3]["messages"] == one.messages
-    assert examples[1]["messages"] == three.messages[:5]
+    tok = bundled_tokenizer()
+    ensure_chat_template(tok)
+    three = Pair("Q1 install?", "A1 pip.", followups=(("Q2 undo?", "A2 uninstall."), ("Q3 config?", "A3 stays."))
+                 ).conversation("S")
+    one = Pair("Q solo?", "A solo.").conversation()
+    batch, mask = batch_arrays(encode_rows(tok, [three, one]), pad_id=tok.pad_token_id or 0)
+    for ids, m, answers in zip(batch.tolist(), mask.tolist(), (("A1 pip.", "A2 uninstall.", "A3 stays."), ("A solo.",))):
+        trained = tok.decode([i for i, x in zip(ids, m) if x == 1])
+        assert all(f"{a}<|im_end|>" in trained for a in answers), trained
+        assert "Q1" not in trained and "Q2" not in trained and "undo" not in trained and "S<" not in trained
 
 
 def test_the_offline_model_refuses_a_task_it_cannot_follow(tmp_path):

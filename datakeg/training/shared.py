@@ -1,0 +1,144 @@
+"""What the torch and MLX backends share, so that both train on the same thing in the same order:
+how a conversation becomes token ids and a loss mask, the batch order of each epoch, the step
+count, the learning-rate schedule, and the checkpoint folders a ``--resume`` reads.
+
+* ``encode``: the chat template's text (datakeg.support.chat_template: ChatML for a base model, the
+  system message folded into the first user turn when the template refuses a system role, a fixed
+  date) as ids, BOS first exactly once when the tokenizer wants one, EOS last, the loss on the last
+  answer only.
+* ``epoch_batches``: the rows of epoch E in an order that is a function of (seed, E) only, so a
+  resumed run sees the batches an uninterrupted one would.
+* Checkpoints: OUTPUT/checkpoints/step-N/ written atomically (a killed run never leaves half of
+  one), the last two kept, and OUTPUT/checkpoints/best/ for the lowest validation loss. Each backend
+  marks its own with a state file (``state.pt`` for torch, ``state.json`` for MLX), so one backend
+  never resumes the other's checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+from datakeg.errors import ConfigError, DatakegError
+from datakeg.support.chat_template import render, text_ids
+
+STATE_FILES = {"torch": "state.pt", "mlx": "state.json"}
+
+
+def encode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Token ids of the whole conversation and labels that train on every assistant turn (each
+    answer of a multi-turn row, the template's end-of-turn marker included) and mask the rest
+    (-100). BOS comes first when the tokenizer wants one (see datakeg.support.chat_template).
+    Both backends train on exactly these ids and labels."""
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""  # the text encoded so far: each render must extend it
+    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:k], add_generation_prompt=True)
+        full = render(tokenizer, messages[:k + 1])
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise DatakegError("the chat template does not render the prompt as a prefix of the conversation",
+                               "Use a base model whose chat template renders turns in order.")
+        prompt_ids = text_ids(tokenizer, prompt[len(done):], first=not done)
+        answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        if k == last and tokenizer.eos_token_id is not None and (not answer_ids or answer_ids[-1] != tokenizer.eos_token_id):
+            answer_ids = answer_ids + [tokenizer.eos_token_id]
+        ids += prompt_ids + answer_ids
+        labels += [-100] * len(prompt_ids) + answer_ids
+        done = full
+    return ids, labels
+
+
+def check_lengths(encoded: list[tuple[list[int], list[int]]], max_length: int) -> int:
+    """The longest row in tokens; refuses rows over MAX_LENGTH (they are never cut)."""
+    longest = max(len(ids) for ids, _ in encoded)
+    too_long = sum(1 for ids, _ in encoded if len(ids) > max_length)
+    if too_long:
+        raise ConfigError(f"{too_long} row(s) are longer than --max-length {max_length} tokens "
+                          f"(the longest has {longest}).",
+                          f"Raise --max-length to {longest} or more, or drop those rows.")
+    return longest
+
+
+def step_counts(train_rows: int, batch_size: int, epochs: float) -> tuple[int, int]:
+    """(steps per epoch, total steps): whole batches only, as ``epoch_batches`` makes them."""
+    per_epoch = max(1, train_rows // batch_size)
+    return per_epoch, max(1, math.ceil(per_epoch * epochs))
+
+
+def warmup_steps(total_steps: int) -> int:
+    """Linear warm-up over the first tenth of the steps, then linear decay to 0 (both backends)."""
+    return max(1, total_steps // 10)
+
+
+def epoch_batches(rows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The row order of an epoch, a function of (seed, epoch) only, so a resumed run sees the
+    same batches as an uninterrupted one; a last partial batch is left out."""
+    order = list(range(rows))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def list_checkpoints(root: Path, backend: str) -> list[Path]:
+    """ROOT's complete step-N checkpoints written by BACKEND, oldest first."""
+    found = []
+    for p in Path(root).glob("step-*"):
+        if p.is_dir() and (p / STATE_FILES[backend]).exists() and p.name[5:].isdigit():
+            found.append(p)
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def newest_checkpoint(root: Path, backend: str) -> Path:
+    """The checkpoint ``--resume`` continues from, or a refusal that says why there is none."""
+    found = list_checkpoints(root, backend)
+    if found:
+        return found[-1]
+    others = [b for b in STATE_FILES if b != backend and list_checkpoints(root, b)]
+    if others:
+        raise ConfigError(f"--resume found only checkpoints written by --backend {others[0]} under {root}; "
+                          f"--backend {backend} cannot continue them.",
+                          f"Resume with --backend {others[0]}, or run without --resume to start afresh.")
+    raise ConfigError(f"--resume found no checkpoint under {root}.",
+                      "Run without --resume to start from the beginning.")
+
+
+def check_resumable(checkpoint: Path, state: dict, total_steps: int, train_rows: int) -> None:
+    if state["total_steps"] != total_steps or state["train_rows"] != train_rows:
+        raise ConfigError(f"{checkpoint} was written by a run with {state['total_steps']} steps over "
+                          f"{state['train_rows']} rows; this one has {total_steps} over {train_rows}.",
+                          "Resume with the same data and --epochs/--batch-size, or start afresh without --resume.")
+
+
+def atomic_dir(dest: Path, write) -> None:
+    """DEST replaced by what WRITE puts in a fresh folder, in one rename."""
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = dest.with_name(dest.name + f".old{os.getpid()}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def prune_checkpoints(root: Path, backend: str, keep: int = 2) -> None:
+    for old in list_checkpoints(root, backend)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_tokenizer_files(base: Path, merged: Path) -> None:
+    """The base's SentencePiece tokenizer.model into the merged folder: Ollama's safetensors import
+    reads it for SentencePiece models (tokenizer.json alone is not enough)."""
+    src = Path(base) / "tokenizer.model"
+    if src.is_file() and not (Path(merged) / "tokenizer.model").exists():
+        shutil.copy2(src, Path(merged) / "tokenizer.model")
