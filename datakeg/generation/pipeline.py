@@ -14,6 +14,7 @@ state than its per-file files.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -199,6 +200,14 @@ class Generator:
         atomic_write_jsonl(self.out / REJECTS, (r.to_dict() for r in self._rejects(results)))
         merge(self.out)
         manifest = self._manifest("complete", plan, results, source, started, audit)
+        from datakeg.dataset.review_journal import journal_path, summary
+
+        if journal_path(self.out).exists():  # the review's decisions: merge applied them and counted them
+            try:
+                applied = json.loads((self.out / MANIFEST).read_text(encoding="utf-8")).get("review")
+            except (OSError, ValueError, AttributeError):
+                applied = None
+            manifest["review"] = applied or summary(self.out)
         if self._paraphrase_report is not None:
             manifest["paraphrases"] = self._paraphrase_report
             for f, res in zip(manifest["files"], results):
