@@ -62,9 +62,14 @@ def states(out: Path) -> dict[str, dict]:
 
 def append(out: Path, record: dict) -> None:
     """Append one decision and fsync it (call it holding OUT's lock)."""
+    append_many(out, [record])
+
+
+def append_many(out: Path, records: list[dict]) -> None:
+    """Append decisions in one write and one fsync (a bulk action; call it holding OUT's lock)."""
     path = journal_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (dumps_line(record) + "\n").encode("utf-8")
+    line = "".join(dumps_line(r) + "\n" for r in records).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)

@@ -92,7 +92,7 @@ def merge(out: Path) -> dict[str, int]:
                 path = per_file_path(out, stem, split)
                 if path.exists():
                     merged[split].extend((stem, i, raw) for i, (_, _, raw) in enumerate(load_rows(path)))
-    counts = {split: write_lines(out / f"{split}.jsonl", (raw for _, _, raw in rows)) for split, rows in merged.items()}
+    counts = {split: write_lines(out / f"{split}.jsonl", (r[2] for r in rows)) for split, rows in merged.items()}
     write_merged_provenance(out, merged)
     return counts
 
