@@ -35,10 +35,12 @@ def qhash(question: str) -> str:
     return hashlib.sha256(question.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def pair_id(split: str, file: str, question: str) -> str:
+def pair_id(split: str, file: str, question: str, origin: str = "row") -> str:
     """A pair's identity for the review (:mod:`datakeg.dataset.review_journal`): opaque, made of its
-    split, source document and original question (not of its position)."""
-    key = f"{split}\x00{file}\x00{qhash(question)}".encode("utf-8", "surrogatepass")
+    split, source document and original question (not of its position); a dropped pair
+    (``origin`` "reject") is told apart from a delivered one with the same question."""
+    key = f"{split}\x00{file}\x00{qhash(question)}" + ("" if origin == "row" else f"\x00{origin}")
+    key = key.encode("utf-8", "surrogatepass")
     return hashlib.sha256(key).hexdigest()[:20]
 
 
@@ -114,8 +116,8 @@ def write_merged(out: Path, rows: dict[str, list[tuple]]) -> dict[str, int]:
             chunk = known[1] if known else locate(side, split, index, question)
             rec = {"split": split, "line": line, "file": side.get("file") if side else None,
                    "chunk": chunk, "section": None, "question": question}
-            if known and side:
-                rec["pair"] = pair_id(split, side.get("file") or stem, known[0])
+            if known:
+                rec["pair"] = known[0]
             if chunk is not None and 0 <= chunk < len(side.get("chunks", [])):
                 c = side["chunks"][chunk]
                 rec["section"] = c.get("section")

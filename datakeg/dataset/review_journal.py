@@ -9,7 +9,8 @@ decision, so the newest line of a pair is its state::
      "question", "answer", "note", "original_question", "original_answer", "chunk", "at"}
 
 * **Identity** (``pair``): the split, the source document (its path under SRC) and a hash of the
-  pair's *original* question, the one the model wrote. It does not depend on positions, so it
+  pair's *original* question, the one the model wrote (and, for a dropped pair, that it was dropped:
+  a junk copy of a delivered pair's question is another pair). It does not depend on positions, so it
   survives ``merge``, the leakage audit removing other rows, ``generate --resume`` of other
   documents and a restart of the review server. Two rows of one split and document with the same
   question (the quality gates keep that from happening) would share one decision.
@@ -228,13 +229,13 @@ def items(out: Path, stems: list[str], sidecars: dict[str, dict | None]) -> Iter
             file, chunk = str(value.get("source") or ""), value.get("chunk")
             chunks = sections.get(file) or []
             section = chunks[chunk].get("section") if isinstance(chunk, int) and 0 <= chunk < len(chunks) else None
-            yield Item(pair_id(split, file, q), split, file, "reject", q, a, chunk if isinstance(chunk, int) else None,
+            yield Item(pair_id(split, file, q, "reject"), split, file, "reject", q, a, chunk if isinstance(chunk, int) else None,
                        section, reason=value.get("reason"), similar_question=value.get("similar_question")), None
 
 
 def apply(out: Path, stems: list[str]) -> tuple[dict[str, list[tuple]], dict[str, int]]:
     """The merged rows with the review decisions applied, per split, as
-    (stem, index in the stem's per-file output or None, raw line, original question, chunk), and the
+    (stem, index in the stem's per-file output or None, raw line, pair id, chunk), and the
     counts of what was applied (:func:`summary` plus ``applied_rejected``, ``applied_edited``,
     ``applied_restored`` and ``unmatched``: decisions whose pair is no longer in OUT)."""
     from datakeg.dataset.splits import SPLITS
@@ -268,7 +269,7 @@ def apply(out: Path, stems: list[str]) -> tuple[dict[str, list[tuple]], dict[str
         if state is not None and (state.get("question") is not None or state.get("answer") is not None):
             raw = dumps_line(edit_row(json.loads(raw), state.get("question"), state.get("answer")))
             counts["applied_edited"] += 1
-        merged[item.split].append((item.stem, item.index, raw, item.question, item.chunk))
+        merged[item.split].append((item.stem, item.index, raw, item.pair, item.chunk))
         nxt = restored.pop((item.split, item.file), None) if last[(item.split, item.file)] == k else None
         for r in nxt or []:
             merged[item.split].append(_restored_row(out, r, recs[r.pair], like.get(r.file), item.stem))
@@ -288,4 +289,4 @@ def apply(out: Path, stems: list[str]) -> tuple[dict[str, list[tuple]], dict[str
 def _restored_row(out: Path, item: Item, state: dict, like: dict | None, stem: str) -> tuple:
     q = state.get("question") if state.get("question") is not None else item.question
     a = state.get("answer") if state.get("answer") is not None else item.answer
-    return stem, None, dumps_line(new_row(out, like, q, a)), item.question, item.chunk
+    return stem, None, dumps_line(new_row(out, like, q, a)), item.pair, item.chunk

@@ -190,6 +190,9 @@ class ReviewServer:
                                "Choose another port with --port (0 picks a free one).") from None
         self.host, self.port = host, self.sock.getsockname()[1]
         self.app = create_app(self.model, self.token, on_change=self._mark)
+        from datakeg.curation.leakage import preload_libraries
+
+        preload_libraries()  # the leakage check of the first edit would load them (about a second)
 
     def _mark(self) -> None:
         self.changed = True

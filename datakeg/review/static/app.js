@@ -16,6 +16,7 @@ const state = {
   index: 0,         // position in ids (0-based); shown as index + 1 / n
   pair: null,       // the current pair's detail
   editing: false,
+  ticket: 0,        // counts navigations
 };
 
 // ------------------------------------------------------------------ server calls
@@ -122,12 +123,17 @@ async function go(index) {
   state.index = Math.min(Math.max(0, index), state.ids.length - 1);
   if (state.index < state.offset || state.index >= state.offset + WINDOW) await loadList(null);
   const id = state.ids[state.index];
+  if (!state.pair || state.pair.id !== id) message("");
+  const ticket = ++state.ticket;  // keys pressed fast: only the last navigation shows its pair
+  let pair;
   try {
-    state.pair = await api("/api/pair?id=" + encodeURIComponent(id));
+    pair = await api("/api/pair?id=" + encodeURIComponent(id));
   } catch (err) {
-    message(err.message);
+    if (ticket === state.ticket) message(err.message);
     return;
   }
+  if (ticket !== state.ticket) return;
+  state.pair = pair;
   renderPair();
   renderList();
   const row = document.querySelector(`#list tr[data-index="${state.index}"]`);
@@ -191,14 +197,15 @@ async function decide(action, extra) {
   try {
     const result = await api("/api/decide", { id: p.id, action, version: p.version, ...(extra || {}) });
     state.pair = result;
-    message(action === "edit" ? "Saved: the edit passed the quality gates and the leakage audit." : "", true);
+    if (action === "edit") stopEdit();
     const advance = action === "keep" || action === "reject" || action === "restore";
     const before = state.index;
     await loadList(null);
     const stillThere = state.ids[before] === p.id;
     if (advance) await go(stillThere ? before + 1 : before);
     else await go(state.ids.indexOf(p.id) >= 0 ? state.ids.indexOf(p.id) : before);
-    refreshSummary();
+    await refreshSummary();
+    message(action === "edit" ? "Saved: the edit passed the quality gates and the leakage audit." : "", true);
     return true;
   } catch (err) {
     message(err.message);
@@ -237,7 +244,7 @@ function cancelEdit() {
 
 async function saveEdit() {
   const ok = await decide("edit", { question: $("question").value, answer: $("answer").value });
-  if (ok) { stopEdit(); renderPair(); document.activeElement.blur(); }
+  if (ok) document.activeElement.blur();
   // refused: stay in the edit, the message says why
 }
 
