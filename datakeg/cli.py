@@ -493,6 +493,15 @@ def convert(src, dst, template_name, source_format, custom_template, system_mess
         notes.update(report.notes)
     for note in sorted(notes):
         click.echo(f"note: {note}", err=True)
+    _echo_review_state(src, err=True)
+
+
+def _echo_review_state(folder: Path, err: bool = False) -> None:
+    from datakeg.dataset.review_journal import describe
+
+    line = describe(folder) if Path(folder).is_dir() else None
+    if line:
+        click.echo(line, err=err)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -523,6 +532,7 @@ def validate(target, dedupe_threshold):
                    f"{len(result.cross_split)}")
         for split, lineno, q, match in result.cross_split[:50]:
             click.echo(f"  {split}.jsonl line {lineno}: {q!r} ~ train {match!r}")
+        _echo_review_state(target)
     sys.exit(0 if result.ok else 1)
 
 

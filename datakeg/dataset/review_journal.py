@@ -290,3 +290,32 @@ def _restored_row(out: Path, item: Item, state: dict, like: dict | None, stem: s
     q = state.get("question") if state.get("question") is not None else item.question
     a = state.get("answer") if state.get("answer") is not None else item.answer
     return stem, None, dumps_line(new_row(out, like, q, a)), item.pair, item.chunk
+
+
+def unapplied(out: Path) -> int:
+    """Decisions journaled after the last merge applied the journal (0 when all are applied): the
+    manifest's ``"review"`` counts the decisions that merge saw."""
+    lines = len(read(out))
+    if not lines:
+        return 0
+    try:
+        applied = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8")).get("review") or {}
+    except (OSError, ValueError, AttributeError):
+        applied = {}
+    return max(0, lines - int(applied.get("decisions") or 0))
+
+
+def describe(out: Path) -> str | None:
+    """One line on OUT's review decisions for ``validate`` and ``convert``, or None without any."""
+    if not journal_path(out).exists():
+        return None
+    s = summary(out)
+    line = (f"review: {s['reviewed']} pair(s) reviewed: {s['kept']} kept, {s['edited']} edited, "
+            f"{s['rejected']} rejected, {s['restored']} restored")
+    late = unapplied(out)
+    if late:
+        line += (f"; {late} decision(s) made after the last merge are not in train/valid/test.jsonl yet: "
+                 f"run `datakeg merge {out}` first")
+    else:
+        line += "; all applied to train/valid/test.jsonl"
+    return line
