@@ -169,3 +169,13 @@ def test_bulk_restore_and_chat_rows(tmp_path):
     assert at["file"] == "README.md" and at["chunk"] == restored["chunk"]
     r = CliRunner().invoke(cli, ["validate", str(out)], catch_exceptions=False)
     assert r.exit_code == 0 and "all applied" in r.output, r.output
+
+
+def test_without_the_extra_it_says_which_to_install(out, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the [review] extra were not installed
+    r = CliRunner().invoke(cli, ["review", str(out)])
+    assert r.exit_code != 0
+    assert "pip install 'datakeg[review]'" in r.output and "Traceback" not in r.output
+    assert not rj.journal_path(out).exists()
