@@ -382,6 +382,8 @@ def review(out, port, host, no_apply):
     """
     from datakeg.review.server import ReviewServer
 
+    # Ctrl+C stops it even when started from a background job, which inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = ReviewServer(out, host=host, port=port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: other machines on the network can reach this page. Anyone with the "

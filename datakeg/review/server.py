@@ -188,6 +188,7 @@ class ReviewServer:
             self.sock.close()
             raise DatakegError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                                "Choose another port with --port (0 picks a free one).") from None
+        self.sock.listen(128)  # connections made as soon as the URL is printed wait for uvicorn to accept them
         self.host, self.port = host, self.sock.getsockname()[1]
         self.app = create_app(self.model, self.token, on_change=self._mark)
         from datakeg.curation.leakage import preload_libraries
@@ -203,12 +204,37 @@ class ReviewServer:
         return f"http://{shown}:{self.port}/?token={self.token}"
 
     def serve(self) -> None:
-        """Serve until Ctrl+C / SIGTERM (uvicorn's graceful shutdown: requests in flight finish)."""
+        """Serve until Ctrl+C / SIGTERM (uvicorn's graceful shutdown: requests in flight finish).
+
+        uvicorn runs in a thread and the main thread waits for it: Ctrl+C is Python's own
+        KeyboardInterrupt in the main thread whenever it comes (uvicorn's signal handlers, installed
+        only once its loop runs, would lose a Ctrl+C pressed while it starts)."""
+        import threading
+
         import uvicorn
 
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                server.run(sockets=[self.sock])
+            finally:
+                done.set()
+
+        # an Event, not Thread.join: on Python 3.11 a Ctrl+C inside join() can leave is_alive() False
+        threading.Thread(target=run, name="datakeg-review", daemon=True).start()
         try:
-            server.run(sockets=[self.sock])
-        finally:
-            self.sock.close()
+            while not done.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            import time
+
+            deadline = time.monotonic() + 10  # stopped while starting: let it start, then stop it
+            while not done.is_set() and not server.started and time.monotonic() < deadline:
+                time.sleep(0.05)
+            server.should_exit = True
+            done.wait(15)
+        if not server.started:
+            self.sock.close()  # uvicorn closes it on its way out; this covers a start that failed

@@ -283,3 +283,30 @@ def test_host_warning_and_missing_out(tmp_path, out):
     assert rc == 0 and "warning: listening on 0.0.0.0" in stderr
     r = CliRunner().invoke(cli, ["review", str(tmp_path)])
     assert r.exit_code != 0 and "not an output folder" in r.output
+
+
+def test_bulk_reject_of_the_filtered_set(out, browser, tmp_path):
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    valid = [p for p in rows(copy / "provenance.jsonl") if p["split"] == "valid"]
+    file = valid[0]["file"]
+    chosen = [p["question"] for p in valid if p["file"] == file]
+    srv = Review(copy, "--no-apply")
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(srv.url + "#split=valid&kind=row")
+        ready(page)
+        page.select_option("#f-file", file)
+        wait_position(page, f"1 / {len(chosen)}")
+        page.on("dialog", lambda d: d.accept())
+        page.click("#bulk-reject")
+        wait(page, "() => document.getElementById('message').textContent.startsWith('Rejected')")
+        assert page.text_content("#message") == f"Rejected {len(chosen)} pair(s)."
+        assert f"{len(chosen)} rejected" in page.text_content("#counts")
+    finally:
+        rc, stdout, _ = srv.stop()
+    assert rc == 0 and "Applied" not in stdout  # --no-apply
+    assert all(q in [x["question"] for x in rows(copy / "provenance.jsonl")] for q in chosen)
+    CliRunner().invoke(cli, ["merge", str(copy)], catch_exceptions=False)
+    left = [x["question"] for x in rows(copy / "provenance.jsonl") if x["split"] == "valid"]
+    assert not set(chosen) & set(left) and len(left) == len(valid) - len(chosen)

@@ -254,11 +254,11 @@ async function bulk(action) {
   if (!window.confirm(`${action === "keep" ? "Keep" : "Reject"} all ${n} pairs the filters show?`)) return;
   try {
     const r = await api("/api/bulk", { action, filters: state.filters, expected: n });
-    message(`${action === "keep" ? "Kept" : "Rejected"} ${r.changed} pair(s).`, true);
     const id = state.pair && state.pair.id;
     await loadList(id);
     await go(state.index);
-    refreshSummary();
+    await refreshSummary();
+    message(`${action === "keep" ? "Kept" : "Rejected"} ${r.changed} pair(s).`, true);
   } catch (err) { message(err.message); }
 }
 
