@@ -11,12 +11,12 @@ Every function raises :mod:`datakeg.errors` exceptions (each with a ``hint`` say
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datakeg.dataset.splits import SPLITS
 from datakeg.errors import ConfigError, DatakegError
-from datakeg.generation.callbacks import Callbacks
+from datakeg.generation.callbacks import Callbacks, RecordingCallbacks
 from datakeg.settings import Settings
 
 
@@ -43,6 +43,11 @@ class Result:
     @property
     def chunks_short_because_of_errors(self) -> int:
         return self.manifest["totals"]["chunks_short_because_of_errors"]
+
+    @property
+    def nothing_delivered(self) -> bool:
+        """The run finished without a single pair (manifest status ``nothing_delivered``)."""
+        return self.manifest.get("status") == "nothing_delivered"
 
 
 @dataclass
@@ -94,11 +99,30 @@ def plan(src, out=None, **settings) -> DryRun:
     from datakeg.generation.planning import estimate, make_plan
 
     s = Settings.build(**settings)
+    task, s = _task(s)
     src = Path(src)
     _check_paths(src, Path(out) if out is not None else None)
     docs, skipped = _read(src, Path(out) if out is not None else None, s)
-    p = make_plan(docs, skipped, s)
-    return DryRun(p, estimate(p, s))
+    p = make_plan(docs, skipped, s, task)
+    return DryRun(p, estimate(p, s, task))
+
+
+def _task(s: Settings):
+    """The run's task (``--task``) and the settings for it: a bad task file stops the run before
+    any request (ConfigError, exit 2); a multi-turn task writes chat rows (``--format chat``)."""
+    from dataclasses import replace
+    from datakeg.generation.task import load_task
+
+    task = load_task(s.task)
+    if task.turns > 1 and s.reasoning:
+        raise ConfigError(f"task {task.name!r} writes conversations of {task.turns} turns; --format reasoning holds "
+                          "one question and answer.", "Use --format chat (multi-turn rows are written as messages).")
+    if task.turns > 1 and s.paraphrases:
+        raise ConfigError("--paraphrases rewords single questions; it does not work with a multi-turn task.",
+                          "Drop --paraphrases, or use a task with turns = 1.")
+    if task.turns > 1 and s.format != "chat":
+        s = replace(s, format="chat")  # only {"messages"} rows hold several turns
+    return task, s
 
 
 def generate(src, out, *, provider: str = "ollama", model: str | None = None, base_url: str | list[str] | None = None,
@@ -125,26 +149,37 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     from datakeg.generation.calls import Limits
     from datakeg.generation.pipeline import Generator
     from datakeg.generation.planning import make_plan
+    from datakeg.generation.task import load_task
     from datakeg.providers import create_provider
 
-    cb = callbacks or Callbacks()
+    cb = RecordingCallbacks(callbacks)  # its warnings go into the manifest
     if resume and fresh:
         raise ConfigError("--resume and --fresh contradict each other; pass one of them.")
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
                                     or not 1 <= concurrency <= 1024):
         raise ConfigError(f"--concurrency must be a whole number from 1 to 1024, got {concurrency!r}.")
     s = Settings.build(**settings)
+    task, s = _task(s)
     src, out = Path(src), Path(out)
     _check_paths(src, out)
     docs, skipped = _read(src, out, s)
-    the_plan = make_plan(docs, skipped, s)
+    the_plan = make_plan(docs, skipped, s, task)
     urls = list(base_url) if isinstance(base_url, (list, tuple)) else [base_url]
     if not urls:
         urls = [None]
     if len({u.rstrip("/") if isinstance(u, str) else u for u in urls}) != len(urls):
         raise ConfigError("the same --base-url is given twice", "Give each model server once.")
+    if provider == "local" and task.sha256 != load_task().sha256:
+        # the offline base model cannot follow instructions: it writes pairs from few-shot examples
+        if task.turns > 1 or task.kinds:
+            raise ConfigError(f"the offline model (--provider local) cannot follow task {task.name!r}: it writes "
+                              "single question-answer pairs from a few-shot prompt of its own, without kinds or turns.",
+                              "Use an instruct model (Ollama, an OpenAI-compatible server, OpenRouter) for this task.")
+        cb.on_warning(f"the offline model (--provider local) ignores the instructions of task {task.name!r}")
     provs = [create_provider(provider, model=model, base_url=u, timeout=s.request_timeout,
                              structured=s.structured, max_retries=s.max_retries) for u in urls]
+    for p in provs:  # a format the server refuses, a --model it does not list: said once, never printed here
+        p.on_notice = cb.on_warning
     try:
         provs = _ready_endpoints(provs, s.wait_for_model, cb)  # before any work: says what to run when unavailable
         prov = provs[0]
@@ -159,7 +194,11 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
 
             semantic = SemanticModel(s.semantic_model, s.semantic_threshold)
             semantic.check()  # loads it: a missing extra or a bad folder stops the run before any work
+        # the task by its content (a copy elsewhere is the same run; a changed word is another)
+        # (the default task is left out: folders written before task files existed still resume)
         fingerprint = {**prov.fingerprint(), "settings": s.shaping()}
+        if task.sha256 != load_task().sha256:
+            fingerprint["task"] = task.identity()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -176,7 +215,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
             gen = Generator([p for p in provs if p is not judge], s, out, cb,
                             concurrency=concurrency or prov.default_concurrency,
                             limits=Limits(s.max_requests, s.max_tokens, s.max_cost), judge=judge,
-                            semantic=semantic)
+                            semantic=semantic, task=task)
             if mode == "resume" and len(gen.journal):
                 cb.on_message(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
             run = gen.run(the_plan, src)
@@ -211,9 +250,19 @@ def _ready_endpoints(provs: list, wait: float, cb: Callbacks) -> list:
 
 
 def convert(src, dst, template: str | None = None, *, custom_template=None, source_format: str | None = None,
-            system_message: str | None = None) -> list:
+            system_message: str | None = None, force: bool = False, tokenizer: str | None = None,
+            binary: bool = False, on_message=None) -> list:
     """Convert a dataset file (or a folder's train/valid/test.jsonl) to a trainer's format.
-    Returns one ConvertReport per file (rows written, detected shape, skipped lines, notes)."""
+    Returns one ConvertReport per file (rows written, detected shape, skipped lines, notes).
+
+    A folder DST is written atomically (built beside it, then renamed into place: a failed
+    conversion leaves DST as it was) and recorded as convert's (``DST/.datakeg/convert.json``); a
+    non-empty DST that convert did not write is refused unless ``force`` (then the files convert
+    writes replace those of the same names, and nothing else in DST is touched). An empty input file
+    (a split that got no pairs) gives an empty output file.
+
+    With ``binary`` (and ``tokenizer``), DST is a folder of pre-tokenized files for nanoGPT-style
+    trainers (see :mod:`datakeg.training.pretokenize`)."""
     from datakeg.dataset.conversion import TARGETS, convert_file, custom_target
 
     src, dst = Path(src), Path(dst)
@@ -225,19 +274,61 @@ def convert(src, dst, template: str | None = None, *, custom_template=None, sour
         raise ConfigError(f"unknown or missing --template {template!r}" if template else
                           "--template (or --custom-template) is required",
                           f"Choose one of: {', '.join(TARGETS)} (details: datakeg convert -l).")
+    if binary or tokenizer:
+        if not (binary and tokenizer):
+            raise ConfigError("--bin and --tokenizer go together", "Pass both: --tokenizer T --bin.")
+        if target.name != "chatml":
+            raise ConfigError(f"--bin writes ChatML token files; --template {target.name} is not supported",
+                              "Use --template chatml.")
+    folder = src.is_dir() or binary
     if src.is_dir():
-        jobs = [(src / f"{s}.jsonl", dst / f"{s}.jsonl") for s in SPLITS if (src / f"{s}.jsonl").exists()]
+        jobs = [(src / f"{s}.jsonl", f"{s}.jsonl") for s in SPLITS if (src / f"{s}.jsonl").exists()]
         if not jobs:
             raise DatakegError(f"{src} holds no train.jsonl, valid.jsonl or test.jsonl",
                                "Point SRC at a datakeg output folder or at one file.")
     else:
-        jobs = [(src, dst)]
+        jobs = [(src, src.name if binary else dst.name)]
+    if folder:
+        _check_convert_dst(src, dst, force)
+    if binary:
+        from datakeg.training.pretokenize import pretokenize
+
+        return pretokenize([s for s, _ in jobs], dst, tokenizer, target, source_format=source_format,
+                           system_message=system_message, on_message=on_message)
+    if not folder:
+        report = convert_file(src, dst, target, source_format, system_message)
+        report.src, report.dst, report.target = src, dst, target.name
+        return [report]
+    import json
+
+    from datakeg.dataset.atomic import AtomicFolder, atomic_write_text
+    from datakeg.dataset.outdir import CONVERT_FILE, STATE_DIR, convert_outputs
+
     reports = []
-    for s, d in jobs:
-        report = convert_file(s, d, target, source_format, system_message)
-        report.src, report.dst, report.target = s, d, target.name
-        reports.append(report)
+    with AtomicFolder(dst, superseded=convert_outputs(dst)) as tmp:
+        for s, name in jobs:
+            report = convert_file(s, tmp / name, target, source_format, system_message)
+            report.src, report.dst, report.target = s, dst / name, target.name
+            reports.append(report)
+        record = {"command": "convert", "source": str(src), "template": target.name,
+                  "rows": {name: r.rows for (_, name), r in zip(jobs, reports)}, "outputs": [n for _, n in jobs]}
+        atomic_write_text(tmp / STATE_DIR / CONVERT_FILE, [json.dumps(record, indent=2) + "\n"])
     return reports
+
+
+def _check_convert_dst(src: Path, dst: Path, force: bool) -> None:
+    """DST must be new, empty or an earlier convert output (or ``force``), and never SRC itself."""
+    from datakeg.dataset.outdir import CONVERT_FILE, STATE_DIR, refuse_foreign
+
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"{dst} is a file; converting a folder (or with --bin) writes a folder.",
+                          "Choose a folder name for DST.")
+    if src.is_dir() and dst.exists() and src.resolve() == dst.resolve():
+        raise ConfigError("DST is SRC: convert would overwrite its own input.", "Choose another DST folder.")
+    if not force:
+        refuse_foreign(dst, marks=(f"{STATE_DIR}/{CONVERT_FILE}",),
+                       hint="Choose a new or empty folder, or pass --force to replace the files convert writes "
+                            "there (train.jsonl, valid.jsonl, test.jsonl; nothing else is touched).")
 
 
 @dataclass
@@ -245,21 +336,26 @@ class Validation:
     files: list  # datakeg.curation.validation.FileReport per file
     cross_split: list  # (split, line, question, similar train question) for an output folder
     is_output: bool
+    text_rows: bool = False  # some files hold plain {"text"} rows: only identical rows are compared across splits
+    missing: list = field(default_factory=list)  # with require_all_splits: splits with no file
 
     @property
     def problems(self) -> int:
-        return sum(len(f.problems) for f in self.files) + len(self.cross_split)
+        return sum(len(f.problems) for f in self.files) + len(self.cross_split) + len(self.missing)
 
     @property
     def ok(self) -> bool:
         return self.problems == 0
 
 
-def validate(target, *, dedupe_threshold: float = 90.0) -> Validation:
-    """Check every line of a dataset file, or of train/valid/test.jsonl in a folder."""
+def validate(target, *, dedupe_threshold: float = 90.0, require_all_splits: bool = False) -> Validation:
+    """Check every line of a dataset file, or of train/valid/test.jsonl in a folder. An empty file
+    (a split that got no pairs) is reported as empty, not as a problem, unless ``require_all_splits``
+    (then a folder must also hold all three splits)."""
     from datakeg.curation.validation import (
         cross_split_duplicates,
         dataset_files,
+        text_rows,
         validate_file,
     )
 
@@ -267,9 +363,11 @@ def validate(target, *, dedupe_threshold: float = 90.0) -> Validation:
     files, is_output = dataset_files(target)
     if not files:
         raise DatakegError(f"no .jsonl files under {target}")
-    reports = [validate_file(p) for p in files]
+    reports = [validate_file(p, require_rows=require_all_splits) for p in files]
     dups = cross_split_duplicates(target, dedupe_threshold) if is_output else []
-    return Validation(reports, dups, is_output)
+    missing = ([s for s in SPLITS if not (target / f"{s}.jsonl").exists()]
+               if require_all_splits and target.is_dir() else [])
+    return Validation(reports, dups, is_output, text_rows(files) if is_output else False, missing)
 
 
 def _refresh_card(out: Path, on_warning) -> None:

@@ -144,8 +144,13 @@ class _ProviderChoice(click.ParamType):
     def convert(self, value, param, ctx):
         from datakeg.providers import provider_names
 
-        if value not in provider_names():
-            self.fail(f"{value!r} is not a provider. Choose one of: {', '.join(provider_names())}.", param, ctx)
+        names = provider_names()
+        if value not in names:
+            import difflib
+
+            close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+            guess = f" Did you mean {close[0]!r}?" if close else ""
+            self.fail(f"{value!r} is not a provider.{guess} Choose one of: {', '.join(names)}.", param, ctx)
         return value
 
 
@@ -197,6 +202,8 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
       datakeg generate ./docs ./out --dry-run                           # estimate first
       datakeg generate ./docs ./out -p openai -m M --base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1
       datakeg generate ./docs ./out --judge-model qwen2.5:7b --paraphrases 2   # curate, and teach facts
+      datakeg generate ./docs ./out --task conversation                # 3-turn chat rows (see `datakeg tasks`)
+      datakeg generate ./docs ./out --task mytask.toml                 # your instructions, kinds, audiences
     """
     import datakeg
 
@@ -218,9 +225,16 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
     finally:
         reporter.close()
     _print_summary(result.manifest, out)
+    if result.nothing_delivered:
+        t = result.manifest["totals"]
+        click.echo(f"Nothing was delivered: 0 pairs of {sum(t['target'].values())} after {t['requests']} request(s) "
+                   f"({t['failed_requests']} failed, {t['unparseable_replies']} unparseable, "
+                   f"{t['truncated_replies']} cut off); see {out}/rejects.jsonl. Manifest status: nothing_delivered.",
+                   err=True)
     if result.chunks_short_because_of_errors:
         click.echo(f"{result.chunks_short_because_of_errors} chunk(s) got fewer pairs than their target because "
                    f"requests failed (see {out}/rejects.jsonl); rerun the same command to retry them.", err=True)
+    if result.nothing_delivered or result.chunks_short_because_of_errors:
         sys.exit(4)
 
 
@@ -234,6 +248,46 @@ def init_config(path):
         raise DatakegError(f"{path} already exists; not overwriting it.")
     path.write_text(config_example(), encoding="utf-8")
     click.echo(f"Wrote {path}. Use it with: datakeg generate SRC OUT --config {path}")
+
+
+@cli.group("tasks", context_settings=CONTEXT, invoke_without_command=True)
+@click.pass_context
+def tasks(ctx):
+    """List the built-in tasks (what `generate --task NAME` asks the model to write), one line each.
+
+    \b
+    A task is a TOML file: the system prompt, the instructions (a Jinja2 template over named fields:
+    source, section, tag, excerpt, count, split, language, avoid, reasoning, fields, example, turns,
+    kinds, audience, style, examples; any other name is an error), the audiences, the mix of question
+    kinds with weights, the answer style, few-shot examples and the number of turns. See the README's
+    "Task files".
+
+    \b
+    Examples:
+      datakeg tasks                                   # the built-ins
+      datakeg tasks show mix > mytask.toml            # copy one, edit it ...
+      datakeg generate ./docs ./out --task mytask.toml
+      datakeg generate ./docs ./out --task conversation   # 3-turn chat rows
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from datakeg.generation.task import builtin_tasks
+
+    for t in builtin_tasks():
+        extra = [f"{t.turns} turns"] if t.turns > 1 else []
+        if t.kinds:
+            extra.append("kinds " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in t.mix.items()))
+        click.echo(f"  {t.name:<13} {t.description}" + (f" [{'; '.join(extra)}]" if extra else ""))
+    click.echo("\nPrint one with `datakeg tasks show NAME` (to copy and edit); use it with `generate --task NAME|FILE`.")
+
+
+@tasks.command("show", context_settings=CONTEXT)
+@click.argument("name")
+def tasks_show(name):
+    """Print the task file NAME (a built-in, or a task file's path, checked), to copy and edit."""
+    from datakeg.generation.task import load_task
+
+    click.echo(load_task(name).text, nl=False)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -250,9 +304,12 @@ def init_config(path):
 @click.option("--semantic-threshold", type=click.FloatRange(0.01, 1), default=0.85, show_default=True,
               help="Cosine similarity of sentence embeddings at which two questions count as the same.")
 def audit(out, leakage_threshold, remove, semantic_dedupe, semantic_model, semantic_threshold):
-    """Leakage audit of a datakeg output folder, with the rule `generate` applies: a valid question
-    too similar to a train question, a test question too similar to a train or valid one, or a
-    question repeated in the same split by another document. Exits 1 when any is found.
+    """Leakage audit of a folder of dataset files (train/valid/test.jsonl, such as a `generate` output),
+    with the rule `generate` applies: a valid question too similar to a train question, a test
+    question too similar to a train or valid one, or a question repeated in the same split by another
+    document. Exits 1 when any is found. Reads rows with a question (completion, chat, reasoning,
+    alpaca, sharegpt); plain {"text"} rows (a chatml/llama3/... `convert` output) hold none and are
+    refused with a message (exit 2).
 
     \b
     Examples:
@@ -468,9 +525,17 @@ def _list_templates(ctx, _param, value):
               help="Jinja2 template file rendered per row into {\"text\"}. Variables: messages (list of "
               "{role, content}), system, question, answer, reasoning.")
 @click.option("--system-message", help="Add this system turn to rows that have none (where the target has one).")
-def convert(src, dst, template_name, source_format, custom_template, system_message):
+@click.option("--force", is_flag=True, help="Write into a non-empty DST folder that convert did not write: the files "
+              "convert writes replace those of the same names; nothing else there is touched.")
+@click.option("--tokenizer", metavar="T", help="With --bin: a local Hugging Face tokenizer folder, `bundled` (the "
+              "offline model's), or a tiktoken encoding name (e.g. r50k_base; ChatML specials added as new ids).")
+@click.option("--bin", "binary", is_flag=True, help="Write pre-tokenized files for nanoGPT-style trainers into the "
+              "folder DST: train.bin/val.bin/test.bin (uint16 or uint32 token ids, rows separated by EOS), "
+              "*.mask.bin (1 on assistant tokens) and meta.json. Needs --template chatml and --tokenizer.")
+def convert(src, dst, template_name, source_format, custom_template, system_message, force, tokenizer, binary):
     """Convert SRC (a JSONL or JSON-array file, or a folder with train/valid/test.jsonl) to a
-    trainer's format in DST (a file, or a folder keeping the file names).
+    trainer's format in DST (a file, or a folder keeping the file names; a folder is written
+    atomically, and a non-empty folder convert did not write is refused unless --force).
 
     \b
     Examples:
@@ -479,11 +544,15 @@ def convert(src, dst, template_name, source_format, custom_template, system_mess
       datakeg convert out/ out_llama3/ --template llama3 --system-message "You are the Tallyho docs expert."
       datakeg convert data.json data.jsonl --template messages --source-format alpaca
       datakeg convert out/ out_custom/ --custom-template my_template.jinja
+      datakeg convert out/ out_bin/ --template chatml --tokenizer r50k_base --bin
+      datakeg convert out/ out_bin/ --template chatml --tokenizer ./my-tokenizer --bin
     """
     import datakeg
 
     reports = datakeg.convert(src, dst, template_name, custom_template=custom_template,
-                              source_format=source_format, system_message=system_message)
+                              source_format=source_format, system_message=system_message, force=force,
+                              tokenizer=tokenizer, binary=binary,
+                              on_message=lambda message: click.echo(message, err=True))
     notes: set[str] = set()
     for report in reports:
         click.echo(f"{report.src} -> {report.dst}: {report.rows} rows as {report.target}; "
@@ -510,28 +579,41 @@ def _echo_review_state(folder: Path, err: bool = False) -> None:
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
 @click.option("--dedupe-threshold", type=float, default=90.0, show_default=True,
               help="For a datakeg output folder: report valid/test questions this similar to a train question.")
-def validate(target, dedupe_threshold):
+@click.option("--require-all-splits", is_flag=True, help="Fail (exit 1) on an empty file, and on a folder "
+              "without all of train/valid/test.jsonl. Without it an empty split is reported and accepted.")
+def validate(target, dedupe_threshold, require_all_splits):
     """Check every line of a dataset FILE, or of train/valid/test.jsonl in a DIR: valid JSON, one
     known shape, non-empty fields, one shape per file, alternating roles. Exits 1 on any problem.
+    An empty split (a small run can deliver none) is reported as empty and accepted unless
+    --require-all-splits.
 
     \b
     Examples:
       datakeg validate out/
       datakeg validate out/train.jsonl
+      datakeg validate out/ --require-all-splits
     """
     import datakeg
 
-    result = datakeg.validate(target, dedupe_threshold=dedupe_threshold)
+    result = datakeg.validate(target, dedupe_threshold=dedupe_threshold, require_all_splits=require_all_splits)
     for rep in result.files:
         status = "ok" if rep.ok else f"{len(rep.problems)} problem(s)"
-        click.echo(f"{rep.path}: {rep.rows} rows, shape {rep.shape or '-'}: {status}")
+        if rep.empty:
+            click.echo(f"{rep.path}: empty (0 rows): {status}")
+        else:
+            click.echo(f"{rep.path}: {rep.rows} rows, shape {rep.shape or '-'}: {status}")
         for lineno, reason in rep.problems[:50]:
             click.echo(f"  line {lineno}: {reason}")
         if len(rep.problems) > 50:
             click.echo(f"  ... {len(rep.problems) - 50} more")
+    for split in result.missing:
+        click.echo(f"{target / (split + '.jsonl')}: missing (--require-all-splits)")
     if result.is_output:
         click.echo(f"cross-split duplicates (>= {dedupe_threshold:g} similar to a train question): "
                    f"{len(result.cross_split)}")
+        if result.text_rows:
+            click.echo('  note: {"text"} rows hold no question to compare: for them only identical rows count '
+                       "as duplicates (validate the folder before `convert` for the similarity check)")
         for split, lineno, q, match in result.cross_split[:50]:
             click.echo(f"  {split}.jsonl line {lineno}: {q!r} ~ train {match!r}")
         _echo_review_state(target)
@@ -645,9 +727,12 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
 @click.option("-c", "--concurrency", type=int, help="Questions in flight at once (default per provider).")
 @click.option("--request-timeout", type=float, default=300.0, show_default=True)
 @click.option("--wait-for-model", type=float, default=0.0, show_default=True, metavar="SECONDS",
-              help="Wait this long for a server that is still starting before giving up.")
+              help="Wait this long for a server that is still starting (or busy) before giving up.")
+@click.option("--structured", type=click.Choice(["auto", "schema", "json", "none"]), default="auto",
+              show_default=True, help="Structured output for the judge's replies (as for generate): auto tries a "
+              "JSON schema and steps down to what the server accepts; the answers are always plain text.")
 def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, system_message, limit, report_prefix,
-             concurrency, request_timeout, wait_for_model):
+             concurrency, request_timeout, wait_for_model, structured):
     """Ask a model every question of TEST_FILE closed book (no document) and score its answers
     against the references: exact match, token F1, similarity, optional LLM judge.
 
@@ -669,7 +754,8 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
 
     def build(name):
         prov = create_provider(provider, model=name,
-                               base_url=base_url, timeout=request_timeout)
+                               base_url=base_url, timeout=request_timeout, structured=structured)
+        prov.on_notice = lambda message: click.echo(f"warning: {message}", err=True)
         prov.wait_ready(wait_for_model, lambda message: click.echo(message, err=True))
         prov.prepare(lambda message: click.echo(f"{provider}: {message}", err=True))
         return prov

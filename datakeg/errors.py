@@ -33,8 +33,30 @@ class ProviderUnavailable(DatakegError):
     exit_code = 3
 
 
+class ProviderBusy(ProviderUnavailable):
+    """The server accepted the connection but did not answer the start check in time: it is busy
+    (llama.cpp's server answers GET /models only between completions), not down. Retried within
+    --wait-for-model."""
+
+
 class ProviderRequestError(DatakegError):
-    """One request failed (after the client's own retries)."""
+    """One request failed (after the client's own retries). ``connection``: nothing answered (the
+    server is down or gone), as opposed to an answer that was an error; the run's circuit breaker
+    counts these."""
+
+    connection = False
+
+
+class ContextTooSmall(ConfigError):
+    """A prompt does not fit the server's context window, whatever the reply's size: no request of
+    this run can succeed until the chunks are smaller or the server's context larger."""
+
+
+class ServerGone(DatakegError):
+    """The model server stopped answering during the run (connection refused again and again, and
+    the start check fails too). Exit code 4 like a run whose requests failed: rerun to continue."""
+
+    exit_code = 4
 
 
 class BudgetExhausted(DatakegError):

@@ -134,6 +134,17 @@ class RichReporter(LineReporter):
             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
         )
         self.tasks = {}
+        self.active: dict[str, None] = {}  # documents in flight, in start order
+        self.last_done = ""
+
+    def files_info(self) -> str:
+        """What the files bar shows: the documents in flight (the oldest first, then how many more),
+        or the last one finished when none is."""
+        active = list(self.active)
+        if not active:
+            return f"last done: {self.last_done}" if self.last_done else ""
+        more = f" (+{len(active) - 1} more in flight)" if len(active) > 1 else ""
+        return f"{active[0]}{more}"
 
     def echo(self, msg):
         self.progress.console.print(scrub(msg), markup=False, highlight=False)
@@ -151,7 +162,9 @@ class RichReporter(LineReporter):
     def on_document_start(self, dp):
         with self.lock:
             self.n += 1
-        self.progress.update(self.tasks["files"], info=dp.doc.relpath)
+            self.active[dp.doc.relpath] = None
+            info = self.files_info()
+        self.progress.update(self.tasks["files"], info=info)
 
     def on_chunk_done(self, dp, chunk, accepted):
         self.progress.advance(self.tasks["chunks"])
@@ -170,7 +183,11 @@ class RichReporter(LineReporter):
         self.progress.advance(self.tasks["pairs"], accepted)
 
     def on_document_done(self, dp, delivered):
-        self.progress.advance(self.tasks["files"])
+        with self.lock:
+            self.active.pop(dp.doc.relpath, None)
+            self.last_done = dp.doc.relpath
+            info = self.files_info()
+        self.progress.update(self.tasks["files"], advance=1, info=info)
 
     def close(self):
         if self.tasks:

@@ -29,6 +29,10 @@ def opt(default, help: str, *, shapes: bool = True, choices: tuple | None = None
 class Settings:
     """Options of a generate run by their Python names (the CLI flag with ``-`` for ``_``)."""
 
+    task: str = opt("qa", "What the model is asked to write: a built-in task (qa, conversation, mix: see `datakeg "
+                    "tasks`) or a TOML task file (instructions, audiences, the mix of question kinds, answer style, "
+                    "examples, turns). Its content, not its path, is part of the run's identity.", shapes=False,
+                    metavar="FILE|NAME")
     format: str = opt("completion", 'Row shape: completion {"prompt","completion"}; chat {"messages":[...]}; '
                       "reasoning (see --reasoning-format).", choices=FORMATS, short="-f")
     reasoning_format: str = opt("separate", 'For --format reasoning: separate {"question","reasoning","answer"} '
@@ -226,6 +230,8 @@ def config_example() -> str:
         "# datakeg generate configuration (TOML). Use it with: datakeg generate SRC OUT --config datakeg.toml",
         "# Any `generate` option can go here (dashes or underscores); command-line flags override this file.",
         "# API keys never go here: set OPENROUTER_API_KEY / OPENAI_API_KEY in the environment.",
+        "# What the model is asked to write is a task: `datakeg tasks` lists the built-ins and",
+        "# `datakeg tasks show mix > mytask.toml` prints one to edit; then set task = \"mytask.toml\".",
         "",
         'provider = "ollama"            # ' + " | ".join(_provider_names()),
         '# model = "qwen2.5:3b"         # default: the provider\'s default model',

@@ -54,3 +54,20 @@ def corpus(tmp_path):
 def small_testdoc(tmp_path):
     """A private copy of testdoc's three short pages, for tests whose time grows with the requests."""
     return copy_testdoc(tmp_path / "small", only=SMALL_TESTDOC)
+
+
+def shared_text_docs(src: Path) -> Path:
+    """Three documents that share most of their text (testdoc's README), each with a tail of its
+    own so that new questions can be found: the same questions come up in every split of every
+    document, so the leakage audit removes and backfills pairs."""
+    import random
+
+    src.mkdir(parents=True, exist_ok=True)
+    base = (TESTDOC / "README.md").read_text()
+    rng = random.Random(5)
+    words = sorted({"".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
+                    for _ in range(3000)})
+    for name in ("a.md", "b.md", "c.md"):
+        extra = "\n\n" + " ".join(" ".join(rng.sample(words, 7)).capitalize() + "." for _ in range(40))
+        (src / name).write_text(base + extra)
+    return src

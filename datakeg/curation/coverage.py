@@ -13,6 +13,7 @@ from collections import Counter
 from datakeg.dataset.splits import SPLITS
 
 KINDS = ("what", "how", "why", "when", "which", "yes-no", "other")
+UNRECOGNISED = "(unrecognised)"  # a pair whose kind label names none of the task's kinds
 
 _B = r"(?<![\w])"
 _KIND_PATTERNS = [
@@ -43,10 +44,15 @@ def question_kind(question: str) -> str:
     return "yes-no" if _YES_NO.search(q) else "other"
 
 
-def coverage(results) -> dict:
-    """The manifest's ``coverage`` section from the finished documents (None entries skipped)."""
+def coverage(results, task=None) -> dict:
+    """The manifest's ``coverage`` section from the finished documents (None entries skipped).
+    With a task that sets a mix of kinds: ``task_kinds`` per split and kind, the share asked (the
+    weights), the pairs planned for it, the pairs delivered and their share; pairs whose kind was
+    not recognised count under ``(unrecognised)``."""
     sections = []
     kinds = {sp: Counter() for sp in SPLITS}
+    task_kinds = {sp: Counter() for sp in SPLITS}
+    planned = {sp: Counter() for sp in SPLITS}
     for res in results:
         if res is None:
             continue
@@ -61,10 +67,28 @@ def coverage(results) -> dict:
         sections.extend(by_crumb.values())
         for sp in SPLITS:
             kinds[sp].update(question_kind(p.question) for p in res.pairs(sp))
+            if task is not None and task.kinds:
+                task_kinds[sp].update(p.kind or UNRECOGNISED for p in res.pairs(sp))
+                planned[sp].update(k for per in (res.plan.kinds or []) for k in per[sp])
+    mix = {}
+    if task is not None and task.kinds:
+        for sp in SPLITS:
+            total = sum(task_kinds[sp].values())
+            rows = {}
+            for name, share in task.mix.items():
+                got = task_kinds[sp][name]
+                rows[name] = {"asked_share": round(share, 4), "planned": planned[sp][name], "delivered": got,
+                              "delivered_share": round(got / total, 4) if total else None}
+            if task_kinds[sp][UNRECOGNISED]:
+                got = task_kinds[sp][UNRECOGNISED]
+                rows[UNRECOGNISED] = {"asked_share": 0.0, "planned": 0, "delivered": got,
+                                      "delivered_share": round(got / total, 4)}
+            mix[sp] = rows
     return {
         "sections": sections,
         "sections_without_pairs": [f"{s['file']}: {s['section']}" for s in sections if not sum(s["pairs"].values())],
         "question_kinds": {sp: {k: kinds[sp][k] for k in KINDS} for sp in SPLITS},
+        **({"task_kinds": mix} if mix else {}),
     }
 
 
@@ -80,4 +104,9 @@ def summary_lines(cov: dict) -> list[str]:
         if total:
             lines.append(f"  {sp} question kinds: " + ", ".join(
                 f"{k} {100 * v / total:.0f}%" for k, v in counts.items() if v))
+    for sp, rows in cov.get("task_kinds", {}).items():
+        if any(r["delivered"] for r in rows.values()):
+            lines.append(f"  {sp} task kinds, asked -> delivered: " + ", ".join(
+                f"{k} {100 * r['asked_share']:.0f}% -> {100 * (r['delivered_share'] or 0):.0f}%"
+                for k, r in rows.items()))
     return lines

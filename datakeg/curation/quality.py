@@ -284,6 +284,23 @@ class Gate:
                 return "ungrounded"
         return None
 
+    def check_turn(self, q: str, a: str, grounding: Grounding | None, earlier: list[str]) -> str | None:
+        """The gates for a later user turn of a conversation: as :meth:`check`, except that it may
+        lean on the conversation (no ``dangling``) and is a duplicate only of the conversation's
+        earlier questions (``earlier``, normalized)."""
+        q, a = q.strip(), a.strip()
+        norm = normalize_question(q)
+        if len(q) < self.min_question_chars or len(a) < self.min_answer_chars or not norm:
+            return "too_short"
+        if echo(q, a):
+            return "echo"
+        if norm in earlier or self.dedupe_threshold < 100 and process.extractOne(
+                norm, earlier, scorer=fuzz.token_sort_ratio, processor=None, score_cutoff=self.dedupe_threshold):
+            return "duplicate"
+        if grounding is not None and self.grounding_threshold > 0 and grounding.score(a, q) < self.grounding_threshold:
+            return "ungrounded"
+        return None
+
     def is_duplicate(self, norm: str, extra: list[str] = ()) -> bool:
         """Whether normalized question ``norm`` is (nearly) one of ``extra`` or of the accepted ones:
         the same, or a token_sort_ratio of at least ``dedupe_threshold``."""

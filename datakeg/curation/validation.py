@@ -27,11 +27,18 @@ class FileReport:
         return self.shapes.most_common(1)[0][0] if self.shapes else None
 
     @property
+    def empty(self) -> bool:
+        """No rows at all: a normal result for a split that got no pairs (see ``require_rows``)."""
+        return self.rows == 0
+
+    @property
     def ok(self) -> bool:
-        return not self.problems and self.rows > 0
+        return not self.problems
 
 
-def validate_file(path: Path) -> FileReport:
+def validate_file(path: Path, require_rows: bool = False) -> FileReport:
+    """Check every line of ``path``. An empty file is reported as empty (``FileReport.empty``), and
+    is a problem only with ``require_rows``."""
     report = FileReport(Path(path))
     first_shape = None
     for lineno, value, error in iter_rows(path):
@@ -58,43 +65,64 @@ def validate_file(path: Path) -> FileReport:
                 to_conversation(value, shape)
         except ShapeError as exc:
             report.problems.append((lineno, str(exc)))
-    if report.rows == 0:
+    if report.rows == 0 and require_rows:
         report.problems.append((0, "the file holds no rows"))
     return report
 
 
 def cross_split_duplicates(out: Path, threshold: float = 90.0) -> list[tuple[str, int, str, str]]:
     """Questions in valid/test that equal or nearly equal (rapidfuzz >= threshold) a train question.
+    Plain ``{"text"}`` rows (a ``convert`` output: chatml, llama3, ...) hold no question to extract:
+    for them only identical rows count (a similarity over whole rendered rows would flag different
+    pairs that share a long system message).
 
-    Returns (split, line number, question, matching train question)."""
+    Returns (split, line number, question or text, matching train question or text)."""
     from rapidfuzz import fuzz, process
 
     from datakeg.curation.quality import normalize_question
 
-    def questions(split: str) -> list[tuple[int, str]]:
+    def questions(split: str) -> list[tuple[int, str, bool]]:
         path = Path(out) / f"{split}.jsonl"
         found = []
         if not path.exists():
             return found
         for lineno, value, error in iter_rows(path):
-            if error or detect_shape(value) in (None, "text"):
+            shape = None if error else detect_shape(value)
+            if shape is None:
+                continue
+            if shape == "text":
+                if isinstance(value.get("text"), str) and value["text"].strip():
+                    found.append((lineno, value["text"], True))
                 continue
             try:
-                found.append((lineno, to_conversation(value, detect_shape(value)).first_pair().question))
+                found.append((lineno, to_conversation(value, shape).first_pair().question, False))
             except ShapeError:
                 continue
         return found
 
     train = questions("train")
-    train_norm = [normalize_question(q) for _, q in train]
+    train_norm = [normalize_question(q) for _, q, is_text in train if not is_text]
+    train_q = [q for _, q, is_text in train if not is_text]
+    train_texts = {q.strip() for _, q, is_text in train if is_text}
     hits = []
     for split in ("valid", "test"):
-        for lineno, q in questions(split):
+        for lineno, q, is_text in questions(split):
+            if is_text:
+                if q.strip() in train_texts:
+                    hits.append((split, lineno, q, q))
+                continue
             match = process.extractOne(normalize_question(q), train_norm, scorer=fuzz.token_sort_ratio,
                                        processor=None, score_cutoff=threshold) if train_norm else None
             if match:
-                hits.append((split, lineno, q, train[match[2]][1]))
+                hits.append((split, lineno, q, train_q[match[2]]))
     return hits
+
+
+def text_rows(paths: list[Path]) -> bool:
+    """Whether any of ``paths`` holds plain ``{"text"}`` rows (judged by its first rows)."""
+    from datakeg.dataset.conversion import detect_file_shape
+
+    return any(detect_file_shape(p)[0] == "text" for p in paths)
 
 
 def dataset_files(target: Path) -> tuple[list[Path], bool]:

@@ -219,7 +219,7 @@ per-document files (`<name>_train.jsonl`, ...) beside the merged ones, `rejects.
   {_fmt(totals.get('completion_tokens'))} completion
 - Dropped by reason: {drops}
 - {audit_line}{review_line}
-
+{_task_line(m)}
 | setting | value |
 |---|---|
 {settings_table}
@@ -231,6 +231,25 @@ per-document files (`<name>_train.jsonl`, ...) beside the merged ones, `rejects.
     text = f"---\n{front}---\n<!-- datakeg:card sha256=0000000000000000 (written by datakeg: it rewrites this " \
            f"file with the merged files, keeping the user regions) -->\n{body}"
     return _MARKER_RE.sub(f"<!-- datakeg:card sha256={_digest(text)}", text, count=1)
+
+
+def _task_line(m: dict) -> str:
+    """The task the pairs were asked with (``generate --task``): name, content hash, turns, and the
+    mix of kinds asked and delivered per split (nothing for a manifest without a task)."""
+    task = m.get("task")
+    if not isinstance(task, dict):
+        return ""
+    line = f"- Task: `{_fmt(task.get('name'))}` (sha256 {_fmt(str(task.get('sha256', ''))[:12])}"
+    line += f", {task['turns']} turns per conversation)" if (task.get("turns") or 1) > 1 else ")"
+    mix = task.get("mix") or {}
+    if mix:
+        line += "; kinds asked: " + ", ".join(f"{_fmt(k)} {100 * v:.0f}%" for k, v in mix.items())
+        for sp, kinds in ((m.get("coverage") or {}).get("task_kinds") or {}).items():
+            line += f"; {sp} delivered: " + ", ".join(f"{_fmt(k)} {100 * (r.get('delivered_share') or 0):.0f}%"
+                                                      for k, r in kinds.items())
+    if task.get("audiences"):
+        line += "; audiences: " + "; ".join(_fmt(a) for a in task["audiences"])
+    return line + "\n"
 
 
 def write_card(out: Path, manifest: dict | None = None) -> str | None:

@@ -213,6 +213,9 @@ def convert_file(src: Path, dst: Path, target: Target, source_shape: str | None 
     from datakeg.dataset.jsonl import dumps_line
 
     detected, counts = detect_file_shape(src)
+    if not counts:  # an empty file (a split that got no pairs): an empty output, not an error
+        atomic_write_text(dst, [])
+        return ConvertReport(source_shape or "-", "none (the file holds no rows)")
     sample = ", ".join(f"{k or 'unknown'} {v}" for k, v in counts.most_common())
     shape = source_shape or detected
     if shape is None:

@@ -24,6 +24,7 @@ from datakeg.errors import ConfigError, DatakegError, OutputBusy
 
 STATE_DIR = ".datakeg"
 RUN_FILE = "run.json"
+CONVERT_FILE = "convert.json"  # in STATE_DIR of a folder `datakeg convert` wrote
 LOCK_FILE = "lock"
 
 
@@ -122,13 +123,27 @@ def _other_entries(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if p.name != STATE_DIR and not (p.name == CARD and is_datakeg_card(p))]
 
 
-def refuse_foreign(out: Path) -> None:
-    """A non-empty folder datakeg did not write is never touched (checked before anything is written)."""
+def convert_outputs(out: Path) -> list[str]:
+    """The file names an earlier ``datakeg convert`` recorded writing in ``out`` (none when it did not)."""
+    try:
+        record = json.loads((Path(out) / STATE_DIR / CONVERT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    outputs = record.get("outputs") if isinstance(record, dict) else None
+    return [n for n in outputs if isinstance(n, str)] if isinstance(outputs, list) else []
+
+
+def refuse_foreign(out: Path, marks: tuple[str, ...] | None = None,
+                   hint: str = "Choose a new or empty output folder.") -> None:
+    """A non-empty folder datakeg did not write is never touched (checked before anything is written).
+    ``marks``: paths inside OUT that show datakeg wrote it (default: a run's state or manifest;
+    ``convert`` passes its own record, CONVERT_FILE)."""
     out = Path(out)
-    if (out / STATE_DIR / RUN_FILE).exists() or (out / MANIFEST).exists():
+    marks = marks or (f"{STATE_DIR}/{RUN_FILE}", MANIFEST)
+    if any((out / m).exists() for m in marks):
         return
     if _other_entries(out):
-        raise ConfigError(f"{out} is not empty and was not written by datakeg.", "Choose a new or empty output folder.")
+        raise ConfigError(f"{out} is not empty and was not written by datakeg.", hint)
 
 
 def prepare_out(out: Path, fingerprint: dict, fresh: bool = False, resume: bool = False) -> str:

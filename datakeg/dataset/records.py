@@ -35,10 +35,20 @@ class Pair:
     # the judge's scores, written as an extra "scores" field of the row (--keep-scores); not part of
     # the pair's identity, and ignored by every reader
     scores: dict | None = field(default=None, compare=False, hash=False, repr=False)
+    # the later turns of a multi-turn conversation (a task with turns > 1): ((question, answer), ...)
+    followups: tuple = ()
+    # the kind of question the generating model labelled it with (a task with [kinds]); not written
+    kind: str | None = field(default=None, compare=False, hash=False, repr=False)
+
+    @property
+    def user_turns(self) -> list[tuple[str, str]]:
+        """Every (question, answer) exchange, the first one first."""
+        return [(self.question, self.answer), *((q, a) for q, a in self.followups)]
 
     def conversation(self, system: str | None = None) -> Conversation:
         msgs = [{"role": "system", "content": system}] if system else []
-        msgs += [{"role": "user", "content": self.question}, {"role": "assistant", "content": self.answer}]
+        for q, a in self.user_turns:
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         return Conversation(msgs, self.reasoning)
 
 
@@ -165,8 +175,11 @@ def to_conversation(row, shape: str) -> Conversation:
 
 def to_row(pair: Pair, fmt: str = "completion", reasoning_format: str = "separate",
            system_message: str | None = None) -> dict:
-    """The row ``generate`` writes for one pair (plus ``"scores"`` when the pair carries the judge's)."""
-    if fmt == "completion":
+    """The row ``generate`` writes for one pair (plus ``"scores"`` when the pair carries the judge's).
+    A multi-turn conversation is always a ``{"messages"}`` row (no other shape holds its turns)."""
+    if pair.followups and fmt != "reasoning":
+        row = {"messages": pair.conversation(system_message).messages}
+    elif fmt == "completion":
         row = {"prompt": pair.question, "completion": pair.answer}
     elif fmt == "chat":
         row = {"messages": pair.conversation(system_message).messages}

@@ -24,3 +24,24 @@ class Callbacks:
 
     def on_document_done(self, doc, delivered: dict[str, int]) -> None: ...
     def on_warning(self, message: str) -> None: ...
+
+
+class RecordingCallbacks:
+    """Passes every call on to ``inner`` and keeps each warning (in order, once) for the manifest,
+    so that ``manifest.json``'s ``warnings`` holds what the user was shown."""
+
+    def __init__(self, inner: Callbacks | None = None):
+        import threading
+
+        self.inner = inner if inner is not None else Callbacks()
+        self.warnings: list[str] = []
+        self._lock = threading.Lock()
+
+    def on_warning(self, message: str) -> None:
+        with self._lock:
+            if message not in self.warnings:
+                self.warnings.append(message)
+        self.inner.on_warning(message)
+
+    def __getattr__(self, name):  # every other hook goes straight through
+        return getattr(self.inner, name)

@@ -14,6 +14,17 @@ endpoint failed a request does it count as failed.
 A failed request (``ProviderRequestError``) is counted and reported, never journaled, so a rerun
 asks again. Any other ``DatakegError`` (provider unavailable, budget exhausted) stops the run:
 once one is raised, every later call raises it too.
+
+**Truncated replies.** A reply the server cut off (``finish_reason: length``: max_tokens or the
+context window ran out) is never final: it is counted and handed back with its text and reason but
+not journaled, so neither this run nor a rerun treats it as an answer (the caller asks again, for
+fewer pairs).
+
+**Circuit breaker.** When ``BREAKER`` requests in a row found nothing answering at an endpoint
+(connection refused or reset, after the client's retries), no more requests go there while the
+start check runs again (waiting ``--wait-for-model`` seconds for the server to come back). If it
+fails, the endpoint is left out; with none left the run stops at once (:class:`ServerGone`, exit
+4) instead of sending every remaining request through all of its retries.
 """
 
 from __future__ import annotations
@@ -24,13 +35,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from datakeg.errors import BudgetExhausted, ProviderRequestError, ProviderUnavailable
+from datakeg.errors import (
+    BudgetExhausted,
+    ProviderRequestError,
+    ProviderUnavailable,
+    ServerGone,
+)
 from datakeg.generation.journal import Journal, request_key
 from datakeg.generation.prompts import PROMPT_VERSION
 from datakeg.generation.workers import current_priority
 from datakeg.providers.base import ChatRequest, Completion, Provider
 
 COOLDOWN = 5.0  # seconds an endpoint that keeps failing gets no new requests (doubles while it fails)
+BREAKER = 3  # connection failures in a row at an endpoint before it gets no requests until it answers again
 
 
 @dataclass
@@ -47,6 +64,7 @@ class RunStats:
     requests: int = 0  # calls made to the model in this run
     replayed: int = 0  # calls answered from the journal
     failed_requests: int = 0
+    truncated: int = 0  # replies cut off (finish_reason: length): never journaled, asked again
     unparseable: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -61,9 +79,11 @@ class RunStats:
 
 @dataclass
 class Reply:
-    text: str | None  # None: the request failed
+    text: str | None  # None: the request failed or its reply was cut off
     error: str | None = None
     replayed: bool = False
+    truncated: bool = False  # the reply was cut off (finish_reason: length); its text is in ``raw``
+    raw: str | None = None
 
 
 @dataclass
@@ -76,9 +96,13 @@ class Endpoint:
     streak: int = 0  # failures in a row
     down_until: float = 0.0
     refused: bool = False  # refused the key or went away for good: never used again in this run
+    lost: int = 0  # connection failures in a row (nothing answered): the circuit breaker's count
+    probing: bool = False  # the breaker tripped: no requests while the start check runs again
 
     def report(self) -> dict:
-        return {"base_url": self.provider.describe().get("base_url"), "concurrency": self.capacity,
+        info = self.provider.describe()
+        return {"base_url": info.get("base_url"), "concurrency": self.capacity,
+                **({"structured_output": info["structured_output"]} if "structured_output" in info else {}),
                 "requests": self.requests, "failed": self.failed, **({"refused": True} if self.refused else {})}
 
 
@@ -109,7 +133,7 @@ def _common_prefix(a: str, b: str) -> int:
 
 class Caller:
     def __init__(self, provider: Provider | list[Provider], journal: Journal, limits: Limits, concurrency: int,
-                 on_request):
+                 on_request, on_message=lambda message: None, wait_for_model: float = 0.0):
         providers = provider if isinstance(provider, list) else [provider]
         self.endpoints = [Endpoint(p, max(1, concurrency)) for p in providers]
         self.provider = providers[0]
@@ -120,6 +144,8 @@ class Caller:
         self._waiters: list[_Waiter] = []  # requests waiting for a slot, most urgent first
         self._seq = itertools.count()
         self.on_request = on_request
+        self.on_message = on_message
+        self.wait_for_model = wait_for_model
         self.stopped: BaseException | None = None
         self.identity = self.provider.fingerprint()
         self._prompts: dict[str, list[str]] = {}  # chunk -> prompts sent (for the prefix figures)
@@ -160,7 +186,8 @@ class Caller:
     def _choose(self, tried: set[int], now: float, free: dict[int, int]) -> Endpoint | None:
         """The least busy endpoint with a free slot (``free``: slots left per endpoint) that a
         request has not tried, healthy ones first; None when none has one."""
-        open_ = [k for k, e in enumerate(self.endpoints) if k not in tried and not e.refused and free[k] > 0]
+        open_ = [k for k, e in enumerate(self.endpoints)
+                 if k not in tried and not e.refused and not e.probing and free[k] > 0]
         healthy = [k for k in open_ if self.endpoints[k].down_until <= now]
         all_down = all(e.down_until > now for k, e in enumerate(self.endpoints) if k not in tried)
         pool = healthy or (open_ if all_down else [])
@@ -230,6 +257,7 @@ class Caller:
             ep.inflight -= 1
             if ok:
                 ep.streak = 0
+                ep.lost = 0
                 ep.down_until = 0.0
             else:
                 ep.failed += 1
@@ -237,6 +265,37 @@ class Caller:
                 if ep.streak >= 2 and len(self.endpoints) > 1:
                     ep.down_until = time.monotonic() + COOLDOWN * 2 ** min(ep.streak - 2, 4)
             self._dispatch()
+
+    def _probe(self, ep: Endpoint, error: str) -> None:
+        """The circuit breaker tripped for ``ep``: run the start check again (waiting for the
+        server up to --wait-for-model). Back: requests flow again. Gone: the endpoint is left out,
+        and with none left the run stops (ServerGone, raised here and by every later call)."""
+        where = ep.provider.describe().get("base_url") or ep.provider.name
+        self.on_message(f"{BREAKER} requests in a row found nothing answering at {where}; checking the server"
+                        + (f" (waiting up to {self.wait_for_model:g}s)" if self.wait_for_model else ""))
+        try:
+            ep.provider.wait_ready(self.wait_for_model, self.on_message)
+        except ProviderUnavailable as exc:
+            gone = ServerGone(
+                f"the model server at {where} stopped answering during the run ({error}); "
+                f"its start check fails too: {exc.message}",
+                "Everything finished so far is saved. Start the server again and rerun the same command to "
+                "continue (--wait-for-model SECONDS waits for a server that comes back).")
+            with self.lock:
+                ep.probing = False
+                ep.refused = True
+                ep.down_until = float("inf")
+                if all(e.refused for e in self.endpoints) and self.stopped is None:
+                    self.stopped = gone
+                self._dispatch()
+            if self.stopped is gone:
+                raise gone from None
+            return
+        with self.lock:
+            ep.probing = False
+            ep.lost = 0
+            self._dispatch()
+        self.on_message(f"the server at {where} answers again")
 
     # -- one call ---------------------------------------------------------------------------
     def call(self, request: ChatRequest, ordinal: int, pairs_asked: int = 0, chunk: str | None = None) -> Reply:
@@ -246,6 +305,8 @@ class Caller:
             with self.lock:
                 self.stats.replayed += 1
             return Reply(entry["text"], replayed=True)
+        if self.stopped is not None:  # e.g. every endpoint went away (the circuit breaker)
+            raise self.stopped
         tried: set[int] = set()
         error = None
         failed = True
@@ -258,9 +319,16 @@ class Caller:
             try:
                 reply: Completion = ep.provider.complete(request)
             except ProviderRequestError as exc:
+                with self.lock:
+                    ep.lost = ep.lost + 1 if exc.connection else 0
+                    trip = ep.lost >= BREAKER and not ep.probing and not ep.refused
+                    if trip:
+                        ep.probing = True  # no new requests there until the check below is done
                 self._release(ep, ok=False)
                 error = exc.message if len(self.endpoints) == 1 else \
                     f"{exc.message} (at {ep.provider.describe().get('base_url')})"
+                if trip:
+                    self._probe(ep, error)
                 continue
             except ProviderUnavailable as exc:
                 # one server of several refusing the key (or gone for good) is drained for the rest of
@@ -295,6 +363,13 @@ class Caller:
             with self.lock:
                 self.stats.failed_requests += 1
             return Reply(None, error=error)
+        if reply.finish_reason == "length":  # cut off: never final, never journaled
+            with self.lock:
+                self.stats.truncated += 1
+            self.on_request(reply.prompt_tokens, reply.completion_tokens)
+            return Reply(None, error=f"the reply was cut off after {reply.completion_tokens or '?'} tokens "
+                                     "(finish_reason: length: max_tokens or the server's context ran out)",
+                         truncated=True, raw=reply.text)
         self.journal.put(key, text=reply.text, prompt_tokens=reply.prompt_tokens,
                          completion_tokens=reply.completion_tokens, cost=reply.cost)
         prompt = "\n".join(str(m.get("content", "")) for m in request.messages)

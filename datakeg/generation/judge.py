@@ -123,12 +123,14 @@ class Judge:
 
     def _batch(self, source, breadcrumb, chunk, pairs, slot) -> list[dict | None]:
         messages = build_judge_messages(source=source, breadcrumb=breadcrumb, chunk=chunk, pairs=pairs)
-        request = ChatRequest(messages, schema=self.schema, temperature=0.0, max_tokens=100 + 80 * len(pairs),
-                              seed=self.settings.seed, task={"kind": "judge"})
         prompt_id = "judge:" + request_key(messages=messages)
         error = None
         for _ in range(TRIES):
-            ordinal = [*slot.where, slot.asked[prompt_id]]
+            asked = slot.asked[prompt_id]
+            seed = None if self.settings.seed is None else self.settings.seed + asked  # a retry: the next seed
+            request = ChatRequest(messages, schema=self.schema, temperature=0.0, max_tokens=100 + 80 * len(pairs),
+                                  seed=seed, task={"kind": "judge"})
+            ordinal = [*slot.where, asked]
             slot.asked[prompt_id] += 1
             slot.judge_calls += 1
             reply = self.caller.call(request, ordinal, 0)
@@ -163,6 +165,7 @@ def judge_provider(settings, generation_provider, callbacks):
     provider = create_provider(name, model=settings.judge_model, base_url=base_url,
                                timeout=settings.request_timeout, structured=settings.structured,
                                max_retries=settings.max_retries)
+    provider.on_notice = callbacks.on_warning
     provider.wait_ready(settings.wait_for_model, callbacks.on_message)
     provider.prepare(lambda message: callbacks.on_message(f"judge {provider.name}: {message}"))
     return provider

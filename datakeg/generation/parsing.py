@@ -32,12 +32,19 @@ class ParseError(ValueError):
     pass
 
 
-def pairs_schema(with_reasoning: bool = False) -> dict:
-    """The JSON schema sent as structured-output format."""
+def pairs_schema(with_reasoning: bool = False, kinds: list[str] | None = None, turns: int = 1) -> dict:
+    """The JSON schema sent as structured-output format (``kinds``: the task's kind names, for a
+    "kind" field; ``turns`` > 1: a "followups" list of the later turns)."""
     props = {"question": {"type": "string"}}
     if with_reasoning:
         props["reasoning"] = {"type": "string"}
     props["answer"] = {"type": "string"}
+    if kinds:
+        props["kind"] = {"type": "string", "enum": list(kinds)}
+    if turns > 1:
+        turn = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+                "required": ["question", "answer"], "additionalProperties": False}
+        props["followups"] = {"type": "array", "items": turn, "minItems": turns - 1, "maxItems": turns - 1}
     return {
         "type": "object",
         "properties": {
@@ -108,12 +115,23 @@ def _collect(value, depth: int = 0) -> tuple[list[dict], bool]:
     return [], False
 
 
+FOLLOWUP_KEYS = ("followups", "follow_ups", "followup", "turns")
+
+
+def _followups(obj: dict) -> tuple:
+    """The later turns of a conversation: ((question, answer), ...) from a "followups" list."""
+    lowered = {str(k).lower(): v for k, v in obj.items()}
+    raw = next((lowered[k] for k in FOLLOWUP_KEYS if isinstance(lowered.get(k), list)), [])
+    return tuple((_pick(t, QUESTION_KEYS), _pick(t, ANSWER_KEYS)) for t in raw if isinstance(t, dict))
+
+
 def _to_pairs(items: list[dict], complete_only: bool = False) -> list[Pair]:
     pairs = []
     for obj in items:
         q, a = _pick(obj, QUESTION_KEYS), _pick(obj, ANSWER_KEYS)
         if (q and a) if complete_only else (q or a):
-            pairs.append(Pair(q, a, _pick(obj, REASONING_KEYS)))
+            pairs.append(Pair(q, a, _pick(obj, REASONING_KEYS), followups=_followups(obj),
+                              kind=_pick(obj, ("kind", "type", "category")) or None))
     return pairs
 
 

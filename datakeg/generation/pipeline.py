@@ -34,7 +34,7 @@ from datakeg.dataset.writers import (
 )
 from datakeg.errors import BudgetExhausted, DatakegError
 from datakeg.generation import manifest as manifest_mod
-from datakeg.generation.callbacks import Callbacks
+from datakeg.generation.callbacks import Callbacks, RecordingCallbacks
 from datakeg.generation.calls import Caller, Limits, RunStats
 from datakeg.generation.journal import Journal
 from datakeg.generation.planning import Plan
@@ -60,18 +60,22 @@ class Generator:
 
     def __init__(self, provider: Provider | list[Provider], settings: Settings, out: Path,
                  callbacks: Callbacks | None = None, concurrency: int = 1, limits: Limits | None = None,
-                 judge: Provider | None = None, semantic=None):
+                 judge: Provider | None = None, semantic=None, task=None):
         """``provider``: one provider, or one per endpoint (same model); ``concurrency`` is per endpoint;
         ``semantic``: a :class:`datakeg.curation.semantic.SemanticModel` for ``--semantic-dedupe``."""
         self.providers = provider if isinstance(provider, list) else [provider]
         self.provider = self.providers[0]
         self.settings = settings
         self.out = Path(out)
-        self.cb = callbacks or Callbacks()
+        # every warning shown is also recorded in the manifest
+        self.cb = callbacks if isinstance(callbacks, RecordingCallbacks) else RecordingCallbacks(callbacks)
         self.concurrency = max(1, concurrency)
         self.journal = Journal(self.out)
-        self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request)
-        self.runner = DocumentRunner(self.caller, settings, self.cb, judge)
+        self.caller = Caller(self.providers, self.journal, limits or Limits(), self.concurrency, self.cb.on_request,
+                             on_message=self.cb.on_message, wait_for_model=settings.wait_for_model)
+        self.earlier_usage = manifest_mod.earlier_usage(self.out)  # what the runs before this one in OUT used
+        self.runner = DocumentRunner(self.caller, settings, self.cb, judge, task)
+        self.task = self.runner.task
         self.semantic = semantic
         self.lock = threading.Lock()
         self._last_manifest = 0.0
@@ -104,7 +108,8 @@ class Generator:
         return manifest_mod.build(status=status, plan=plan, results=results, stats=self.stats,
                                   provider_info=self.provider.describe(), settings=self.settings.shaping(),
                                   concurrency=self.concurrency, source=source, started=started, audit=audit,
-                                  stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints])
+                                  stop_reason=stop_reason, endpoints=[e.report() for e in self.caller.endpoints],
+                                  warnings=self.cb.warnings, earlier_usage=self.earlier_usage, task=self.task)
 
     # -- the whole run ----------------------------------------------------------------------
     def run(self, plan: Plan, source: Path) -> RunResult:
@@ -199,7 +204,10 @@ class Generator:
         self.journal.close()
         atomic_write_jsonl(self.out / REJECTS, (r.to_dict() for r in self._rejects(results)))
         merge(self.out)
-        manifest = self._manifest("complete", plan, results, source, started, audit)
+        # a run that delivered nothing says so (and the CLI exits non-zero): "complete" would read as success
+        nothing = not any(sum(r.delivered.values()) for r in results) and any(dp.total for dp in plan.docs)
+        manifest = self._manifest("nothing_delivered" if nothing else "complete", plan, results, source, started,
+                                  audit)
         from datakeg.dataset.review_journal import journal_path, summary
 
         if journal_path(self.out).exists():  # the review's decisions: merge applied them and counted them
@@ -213,7 +221,11 @@ class Generator:
             for f, res in zip(manifest["files"], results):
                 f["paraphrases"] = sum(len(v) for v in res.paraphrases.values())
         atomic_write_json(self.out / MANIFEST, manifest)
+        shown = len(self.cb.warnings)
         self._write_card(manifest)
+        if len(self.cb.warnings) > shown:  # the card's own warning, shown after the manifest was written
+            manifest["warnings"] = list(self.cb.warnings)
+            atomic_write_json(self.out / MANIFEST, manifest)
         return RunResult(manifest, self.stats)
 
     def _rejects(self, results: list[DocResult | None]) -> list[Reject]:

@@ -26,6 +26,9 @@ class DocPlan:
     total: int
     targets: list[dict[str, int]]  # per chunk {split: n}
     language: str = "English"
+    # the kinds of question each chunk's pairs are to be, per split (a task with [kinds]; see deal_kinds)
+    kinds: list[dict[str, list[str]]] | None = None
+    first_chunk: int = 0  # chunks of the documents before this one (audiences rotate over the dataset)
 
     @property
     def by_split(self) -> dict[str, int]:
@@ -51,7 +54,7 @@ class Plan:
         return {s: sum(d.by_split[s] for d in self.docs) for s in SPLITS}
 
 
-def make_plan(docs: list[Document], skipped: list[Skipped], settings: Settings) -> Plan:
+def make_plan(docs: list[Document], skipped: list[Skipped], settings: Settings, task=None) -> Plan:
     """Chunks and targets for every document. The split shares hold for the whole dataset: a
     document too small for valid/test of its own contributes to whichever split the dataset
     needs (:func:`datakeg.generation.targets.plan_dataset`), and an empty split is warned about."""
@@ -72,8 +75,31 @@ def make_plan(docs: list[Document], skipped: list[Skipped], settings: Settings) 
         language = settings.language or detect_language(doc.text)
         if settings.min_per_section:
             total += raise_sections(chunks, per_chunk, settings.min_per_section)
-        plans.append(DocPlan(doc, stems[doc.relpath], chunks, total, per_chunk, language))
+        plans.append(DocPlan(doc, stems[doc.relpath], chunks, total, per_chunk, language,
+                             first_chunk=sum(len(p.chunks) for p in plans)))
+    if task is not None and task.kinds:
+        deal_kinds(plans, task.mix)
     return Plan(plans, skipped, list(warnings))
+
+
+def deal_kinds(plans: list[DocPlan], mix: dict[str, float]) -> None:
+    """Deal the task's kinds to every chunk's pairs, per split, over the whole dataset in document
+    and chunk order: the n-th pair of a split gets the kind furthest below its share of n (largest
+    remainder, ties to the kind listed first), so after any number of pairs every kind's count is
+    within one of its weight's share, and each chunk asks for a contiguous run of that sequence."""
+    names = list(mix)
+    for split in SPLITS:
+        dealt = dict.fromkeys(names, 0)
+        n = 0
+        for dp in plans:
+            if dp.kinds is None:
+                dp.kinds = [{sp: [] for sp in SPLITS} for _ in dp.chunks]
+            for i, target in enumerate(dp.targets):
+                for _ in range(target[split]):
+                    n += 1
+                    kind = max(names, key=lambda k: (mix[k] * n - dealt[k], -names.index(k)))
+                    dealt[kind] += 1
+                    dp.kinds[i][split].append(kind)
 
 
 MIN_SECTION_CHARS = 200
@@ -110,7 +136,7 @@ def spare_pairs(target: int, share: float) -> int:
     return math.ceil(share * target - 1e-9) if target > 0 else 0
 
 
-def estimate(plan: Plan, settings: Settings) -> dict:
+def estimate(plan: Plan, settings: Settings, task=None) -> dict:
     """Requests and tokens a run of ``plan`` would need (no model calls), per file and in total."""
     per_file = []
     for dp in plan.docs:
@@ -127,7 +153,7 @@ def estimate(plan: Plan, settings: Settings) -> dict:
                     avoid = ["x" * 70] * min(settings.avoid_cap, done)
                     msgs = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
                                           count=k, split=split, language="English", avoid=avoid,
-                                          reasoning=settings.reasoning)
+                                          reasoning=settings.reasoning, task=task)
                     prompt_chars += sum(len(m["content"]) for m in msgs)
                     requests += 1
                     done += k
@@ -135,7 +161,8 @@ def estimate(plan: Plan, settings: Settings) -> dict:
             "file": dp.doc.relpath, "chars": sum(len(c) for c in dp.chunks), "chunks": len(dp.chunks),
             "target": dp.by_split, "requests": requests,
             "prompt_tokens": prompt_chars // CHARS_PER_TOKEN,
-            "completion_tokens": (dp.total + spares) * TOKENS_PER_PAIR * (2 if settings.reasoning else 1),
+            "completion_tokens": (dp.total + spares) * TOKENS_PER_PAIR * (2 if settings.reasoning else 1)
+            * (task.turns if task is not None else 1),
         })
     totals = {k: sum(f[k] for f in per_file) for k in ("chars", "chunks", "requests", "prompt_tokens",
                                                         "completion_tokens")}

@@ -26,6 +26,7 @@ from datakeg.generation.judge import Judge
 from datakeg.generation.parsing import ParseError, pairs_schema, parse_pairs
 from datakeg.generation.planning import TOKENS_PER_PAIR, DocPlan, batches, spare_pairs
 from datakeg.generation.prompts import avoid_list, build_messages
+from datakeg.generation.task import load_task
 from datakeg.providers.base import ChatRequest
 from datakeg.settings import Settings
 
@@ -39,6 +40,8 @@ class Slot:
     asked: Counter = field(default_factory=Counter)  # how often each exact prompt was asked
     where: tuple = ()  # (chunk index, split): part of every journal key, so identical chunks never share one
     errors: int = 0
+    truncated: int = 0  # replies cut off (finish_reason: length)
+    cap: int | None = None  # most pairs per request after a cut-off reply (halved at each one)
     dropped: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
     judge_calls: int = 0  # judge requests made for this chunk and split (replayed ones included)
@@ -99,41 +102,62 @@ class DocResult:
 
 
 class DocumentRunner:
-    def __init__(self, caller: Caller, settings: Settings, callbacks: Callbacks, judge=None):
+    def __init__(self, caller: Caller, settings: Settings, callbacks: Callbacks, judge=None, task=None):
         self.caller = caller
         self.settings = settings
         self.cb = callbacks
-        self.schema = pairs_schema(settings.reasoning)
+        self.task = task or load_task(settings.task)
+        self.schema = pairs_schema(settings.reasoning, [k.name for k in self.task.kinds], self.task.turns)
         self.judge = Judge.build(caller, settings, callbacks, judge)  # None without --judge-model
 
     # -- one request ------------------------------------------------------------------------
-    def _ask(self, dp: DocPlan, i: int, split: str, count: int, avoid: list[str], slot: Slot) -> list[Pair] | None:
+    def _ask(self, dp: DocPlan, i: int, split: str, count: int, avoid: list[str], slot: Slot,
+             kinds: list[dict] = ()) -> list[Pair] | None:
         chunk = dp.chunks[i]
+        t = self.task
+        # audiences take turns: over the dataset's chunks, the splits and each chunk's requests
+        audience = t.audiences[(dp.first_chunk + i + SPLITS.index(split) + slot.calls) % len(t.audiences)] \
+            if t.audiences else ""
         messages = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
                                   count=count, split=split, language=dp.language, avoid=avoid,
-                                  reasoning=self.settings.reasoning)
-        per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2)
+                                  reasoning=self.settings.reasoning, task=t, kinds=kinds, audience=audience)
+        per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2) * t.turns
         task = {"excerpt": chunk.text, "count": count, "split": split, "language": dp.language, "avoid": avoid,
                 "reasoning": self.settings.reasoning}
-        request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
-                              max_tokens=200 + per_pair * count, seed=self.settings.seed, task=task)
         # The journal key holds the chunk and split (two chunks with the same text are different
         # work) and counts how often this exact prompt was asked before for them, not the call's position: a rerun in which an earlier request now succeeds (and so
         # shifts the positions) still replays every prompt it already paid for.
         prompt_id = request_key(messages=messages)
-        ordinal = [*slot.where, slot.asked[prompt_id]]
+        asked = slot.asked[prompt_id]
+        # --seed: the same prompt asked again gets the next seed (seed + attempt), so a retry can
+        # bring something new; still the same seeds on every run
+        seed = None if self.settings.seed is None else self.settings.seed + asked
+        request = ChatRequest(messages, schema=self.schema, temperature=self.settings.temperature,
+                              max_tokens=200 + per_pair * count, seed=seed, task=task)
+        ordinal = [*slot.where, asked]
         slot.asked[prompt_id] += 1
         slot.calls += 1
         reply = self.caller.call(request, ordinal, count, chunk=f"{dp.doc.relpath}#{i}")
         slot.chain += 0 if reply.replayed else 1  # a replayed call takes no time
         where = dict(source=dp.doc.relpath, chunk=chunk.index, split=split)
+        if reply.truncated:
+            # never final: kept in rejects with its reason; the next request asks for fewer pairs
+            slot.truncated += 1
+            slot.cap = max(1, count // 2)
+            slot.rejects.append(Reject("truncated_reply", reason="finish_reason: length", error=reply.error,
+                                       raw=reply.raw, **where))
+            self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): reply cut off (finish_reason: "
+                               f"length) asking for {count} pair(s); asking for {slot.cap} at a time")
+            return None
         if reply.text is None:
             slot.errors += 1
             slot.rejects.append(Reject("request_failed", error=reply.error, **where))
             self.cb.on_warning(f"{dp.doc.relpath} chunk {chunk.index} ({split}): request failed: {reply.error}")
             return None
         try:
-            return parse_pairs(reply.text)
+            pairs = parse_pairs(reply.text)
+            # later turns only where the task asks for them (a stray "followups" never makes a row multi-turn)
+            return pairs if t.turns > 1 else [replace(p, followups=()) if p.followups else p for p in pairs]
         except ParseError as exc:
             with self.caller.lock:
                 self.caller.stats.unparseable += 1
@@ -154,24 +178,28 @@ class DocumentRunner:
         grounding = grounding_for(chunk.text)
         made = 0
         progress = False
+        held: list[tuple[Pair, str]] = []  # passed every gate, but of a kind this chunk has enough of
         # ``max_calls`` requests, and more as long as each one adds usable pairs (a model that keeps
         # returning half of what it is asked still gets there); at most ``want`` extra in all
         while len(slot.pairs) < want and (made < max_calls or progress) and made < max_calls + want:
             remaining = want - len(slot.pairs)
-            count = batches(remaining, s.batch_size)[0]
+            size = min(s.batch_size, slot.cap or s.batch_size)  # fewer after a cut-off reply
+            count = batches(remaining, size)[0]
             if count == remaining:  # the last batch: spares ride along where it has room (never a request)
-                count = min(s.batch_size, count + max(0, spare - len(slot.reserve)))
+                count = min(size, count + max(0, spare - len(slot.reserve)))
             pin = list(dict.fromkeys(pinned))[: s.avoid_cap // 3]
             avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
             made += 1
-            pairs = self._ask(dp, i, split, count, avoid, slot)
+            asked = self.kinds_to_ask(dp, i, split, slot, count)
+            pairs = self._ask(dp, i, split, count, avoid, slot, asked)
             progress = False
             if pairs is None:
                 continue
             batch: list[str] = []
             passed: list[tuple[Pair, str]] = []
             for pair in pairs:
-                reason = gate.check(pair, grounding, batch) or ("over_count" if len(passed) >= count else None)
+                reason = gate.check(pair, grounding, batch) or self.task_check(pair, grounding, gate) \
+                    or ("over_count" if len(passed) >= count else None)
                 if reason:
                     self._drop(slot, dp, i, split, pair, reason)
                     continue
@@ -180,6 +208,13 @@ class DocumentRunner:
                 passed.append((pair, norm))
             kept = 0
             for pair, norm, scores in self._judged(dp, i, split, passed, slot):
+                if self.task.kinds:  # its recognised kind (None: unrecognised, taken as it comes)
+                    pair = replace(pair, kind=self.task.recognise(pair.question, pair.kind))
+                    # a kind this chunk already has enough of waits (the next request asks for the rest)
+                    if pair.kind is not None and len(slot.pairs) < want \
+                            and self.kind_missing(dp, i, split, slot)[pair.kind] <= 0:
+                        held.append((pair, norm))
+                        continue
                 gate.accept(norm)
                 if len(slot.pairs) >= want:
                     slot.reserve.append(pair)
@@ -189,6 +224,58 @@ class DocumentRunner:
                 kept += 1
             progress = kept > 0
             self.cb.on_pairs(kept)
+        # pairs of a kind over its quota fill what the model did not deliver of the kinds asked
+        # (never fewer pairs than without a mix); the rest are dropped as off the mix
+        for pair, norm in held:
+            if len(slot.pairs) < want and not gate.is_duplicate(norm):
+                gate.accept(norm)
+                slot.pairs.append(pair)
+                mine.append(pair)
+                self.cb.on_pairs(1)
+            else:
+                self._drop(slot, dp, i, split, pair, "off_mix")
+
+    # -- the task: kinds, turns, answer style -------------------------------------------------
+    def kind_missing(self, dp: DocPlan, i: int, split: str, slot: Slot) -> Counter:
+        """Per kind, the pairs chunk ``i`` still lacks for ``split`` (its dealt quota less the pairs
+        of that kind it holds)."""
+        quota = Counter(dp.kinds[i][split]) if dp.kinds else Counter()
+        quota.subtract(p.kind for p in slot.pairs if p.kind)
+        return quota
+
+    def kinds_to_ask(self, dp: DocPlan, i: int, split: str, slot: Slot, count: int) -> list[dict]:
+        """The kinds one request asks for: what the chunk still lacks, in the task's order, topped up
+        (spares) by the kinds in the share of their weights."""
+        t = self.task
+        if not t.kinds:
+            return []
+        missing = self.kind_missing(dp, i, split, slot)
+        names = [k.name for k in t.kinds]
+        wanted = [n for n in names for _ in range(max(0, missing[n]))][:count]
+        mix = t.mix
+        while len(wanted) < count:  # spares, or a chunk whose quota is met: the kind most below its share
+            n = len(wanted) + 1
+            wanted.append(max(names, key=lambda k: (mix[k] * n - wanted.count(k), -names.index(k))))
+        counts = Counter(wanted)
+        return [{"name": k.name, "description": k.description, "count": counts[k.name]} for k in t.kinds
+                if counts[k.name]]
+
+    def task_check(self, pair: Pair, grounding, gate: Gate) -> str | None:
+        """The task's own gates: the number of turns, each later turn through the gates (not
+        ``dangling``: a follow-up may refer back), the answers' length bounds."""
+        t = self.task
+        if t.turns > 1:
+            if len(pair.followups) != t.turns - 1:
+                return "wrong_turns"
+            earlier = [normalize_question(pair.question)]
+            for q, a in pair.followups:
+                reason = gate.check_turn(q, a, grounding, earlier)
+                if reason:
+                    return f"{reason}_followup"
+                earlier.append(normalize_question(q))
+        if (t.min_words or t.max_words) and not all(t.answer_length_ok(a) for _, a in pair.user_turns):
+            return "answer_length"
+        return None
 
     def promote(self, res: DocResult, i: int, split: str, gate: Gate, kept: list[str] | None = None) -> int:
         """Fill what chunk ``i`` lacks for ``split`` from its reserve, in reserve order; a spare that

@@ -37,6 +37,9 @@ class Completion:
     completion_tokens: int = 0
     cost: float | None = None  # in USD, when the server reports it (OpenRouter)
     cached_tokens: int | None = None  # prompt tokens served from the server's prefix cache, when reported
+    # why the model stopped: "stop", or "length" when the reply was cut at max_tokens or at the
+    # server's context (such a reply is never final: see datakeg.generation.calls)
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -62,6 +65,17 @@ class Provider:
 
     def __init__(self, model: str | None):
         self.model = model
+        self.on_notice = None  # callable(message): what the provider learns once per run (set by the caller)
+        self._noticed: set[str] = set()
+
+    def notice(self, message: str) -> None:
+        """Tell the user something once per run (a structured-output mode the server refused, a
+        --model the server does not list). Never printed here: the run's callbacks show it."""
+        if message in self._noticed:
+            return
+        self._noticed.add(message)
+        if self.on_notice is not None:
+            self.on_notice(message)
 
     def check(self) -> None:
         """Raise ProviderUnavailable (with what to run) unless requests can be served."""
@@ -79,11 +93,13 @@ class Provider:
             try:
                 self.check()
                 return
-            except ProviderUnavailable:
+            except ProviderUnavailable as exc:
                 if time.monotonic() >= deadline:
                     raise
                 if not said:
-                    on_wait(f"waiting up to {seconds:g}s for {self.name} to become available ...")
+                    why = "busy" if exc.__class__.__name__ == "ProviderBusy" else "available"
+                    on_wait(f"waiting up to {seconds:g}s for {self.name} to become {why if why == 'available' else 'free'}"
+                            + (f" ({exc.message})" if why == "busy" else "") + " ...")
                     said = True
                 time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
@@ -123,12 +139,15 @@ def redact_url(url: str | None) -> str | None:
 # -- shared by the HTTP providers: turn bad replies into clear, key-free errors ------------------
 
 
-def request_failed(message: str) -> "ProviderRequestError":
-    """A ProviderRequestError (one request failed; the pipeline retries it) with no key in it."""
+def request_failed(message: str, connection: bool = False) -> "ProviderRequestError":
+    """A ProviderRequestError (one request failed; the pipeline retries it) with no key in it.
+    ``connection``: nothing answered (refused or reset), which the run's circuit breaker counts."""
     from datakeg.errors import ProviderRequestError
     from datakeg.support.secrets import scrub
 
-    return ProviderRequestError(scrub(message))
+    exc = ProviderRequestError(scrub(message))
+    exc.connection = connection
+    return exc
 
 
 def unavailable(message: str, hint: str | None = None) -> "ProviderUnavailable":

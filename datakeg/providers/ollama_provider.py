@@ -40,6 +40,9 @@ class OllamaProvider(Provider):
         self.structured = structured
         self.max_retries = max_retries
         self.client = ollama.Client(host=self.host, timeout=timeout)
+        # "auto": a JSON schema as format, stepping down to "json", then to none, when the server
+        # refuses the format (Ollama before 0.5 knows only "json")
+        self._mode = {"auto": "schema", "schema": "schema", "json": "json", "none": "none"}[structured]
 
     @staticmethod
     def _same_model(wanted: str, have: str) -> bool:
@@ -103,14 +106,12 @@ class OllamaProvider(Provider):
             options["num_predict"] = request.max_tokens
         if request.seed is not None:
             options["seed"] = request.seed
-        fmt = None
-        if request.schema is not None and self.structured in ("auto", "schema"):
-            fmt = request.schema
-        elif request.schema is not None and self.structured == "json":
-            fmt = "json"
         import httpx
 
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
+            mode = self._mode if request.schema is not None else "none"
+            fmt = request.schema if mode == "schema" else "json" if mode == "json" else None
             refused = getattr(self, "_refused", None)
             if refused is not None:  # the key was rejected: every other request would be too
                 raise ProviderUnavailable(refused.message, refused.hint)  # a fresh one per thread
@@ -122,16 +123,26 @@ class OllamaProvider(Provider):
                 if exc.status_code in (401, 403):
                     self._refused = self._auth_refused(exc, "the request")
                     raise self._refused from None
+                if fmt is not None and self.structured == "auto" and "format" in str(exc.error).lower():
+                    if self._mode == mode:  # the server refuses this format: the next one, for the run
+                        self._mode = "json" if mode == "schema" else "none"
+                        self.notice(f"Ollama at {redact_url(self.host)} refused format {mode} (HTTP "
+                                    f"{exc.status_code}: {excerpt(exc.error, 160)}); using {self._mode} for the "
+                                    "rest of the run")
+                    continue
                 retryable = exc.status_code == 429 or exc.status_code >= 500
                 error = f"Ollama error {exc.status_code}: {excerpt(exc.error, 500)}"
+                connection = False
             except (ConnectionError, httpx.TransportError) as exc:
                 retryable, error = True, f"Ollama connection failed: {exc.__class__.__name__}: {exc}"
+                connection = not isinstance(exc, httpx.TimeoutException)
             except (ValueError, TypeError) as exc:  # a 200 that is not a chat reply (never retried here)
                 raise self._bad_reply(exc) from None
             if not retryable or attempt == self.max_retries:
-                raise request_failed(error + (f" (after {attempt + 1} attempts)" if attempt else ""))
+                raise request_failed(error + (f" (after {attempt + 1} attempts)" if attempt else ""), connection)
             # exponential backoff with full jitter (the Ollama client exposes no Retry-After)
             time.sleep(random.uniform(0, min(30.0, 0.5 * 2 ** attempt)))
+            attempt += 1
         message = getattr(resp, "message", None)
         done = getattr(resp, "done_reason", None)
         detail = f" (done_reason: {done})" if done and done != "stop" else ""
@@ -139,7 +150,8 @@ class OllamaProvider(Provider):
                           self.max_reply_chars, detail)
         prompt_tokens, completion_tokens = resp.prompt_eval_count, resp.eval_count
         return Completion(text, prompt_tokens if isinstance(prompt_tokens, int) else 0,
-                          completion_tokens if isinstance(completion_tokens, int) else 0)
+                          completion_tokens if isinstance(completion_tokens, int) else 0,
+                          finish_reason=done if isinstance(done, str) else None)
 
     @staticmethod
     def _bad_reply(exc: Exception) -> ProviderRequestError:
@@ -162,7 +174,8 @@ class OllamaProvider(Provider):
         return request_failed(f"Ollama's reply is not a chat reply ({exc.__class__.__name__}: {excerpt(exc)})")
 
     def describe(self) -> dict:
-        return {"provider": self.name, "model": self.model, "base_url": redact_url(self.host)}
+        return {"provider": self.name, "model": self.model, "base_url": redact_url(self.host),
+                "structured_output": self._mode}
 
     def ready_message(self) -> str:
         return f"ready: model {self.model} at {redact_url(self.host)}"

@@ -6,6 +6,13 @@ excerpt inside them: each question names a short span of the excerpt and its ans
 around that span, so every answer is grounded. It honours the requested count and skips the
 questions the prompt says to avoid.
 
+Tasks (``generate --task``): a prompt that lists kinds the way the built-in task ``mix`` does
+(``- 2 x "how-to": ...``) gets pairs of exactly those kinds, in that order: each names its kind
+in a "kind" field and opens its question with ``[kind] `` (so a test can tell the kind from the
+rows on disk). A prompt saying "Each conversation has exactly N user turns" gets conversations
+whose "followups" hold N-1 more turns about the next spans of the excerpt ("And what follows from
+that about ...?"), each answer grounded like the first.
+
 Faults (each ``name`` or ``name:N``; default every request). With N, the fault hits about one
 request in N, chosen by the request's content and how often that same request was seen before, so
 the same requests fail whatever order concurrent clients send them in, and a retry can succeed:
@@ -40,8 +47,31 @@ the same requests fail whatever order concurrent clients send them in, and a ret
               dangling question ("What does this section say about X?"; Chinese and Japanese
               excerpts get "本节…" / "この節…") or with an echo answer (the question's own words),
               alternately
+  strayturns  every pair of a single-turn reply also carries a "followups" list (one more turn) that
+              nobody asked for
+  onekind     to a prompt that asks for a mix of kinds, every pair of the reply is of the first kind
+              asked (as a model that ignores the mix does)
 The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)`` instead makes every
 request (models and tags too) without ``Authorization: Bearer <api_key>`` fail with ``auth_status``.
+
+Dialects and server limits (constructor arguments; command-line flags of the same names):
+  dialect="llama-cpp-python"  refuses response_format {"type": "json_schema"} with HTTP 500 and the
+              body llama-cpp-python 0.3.36 sends ("Input should be 'text' or 'json_object'"); accepts
+              {"type": "json_object", "schema": ...}; its /v1/models lists one model, owned_by "me",
+              and any model name is served (the reply echoes it)
+  dialect="no-response-format"  refuses any response_format (Ollama: format) with HTTP 400 naming it
+              (a server with no structured output: the prompt and tolerant parsing must do)
+  n_ctx=N     a context window of N tokens (a token is 4 characters of the prompt here), as
+              llama-cpp-python: a prompt of N tokens or more gets HTTP 400 context_length_exceeded
+              with the numbers; otherwise max_tokens is cut to what is left, and a reply longer than
+              that is cut off with finish_reason "length"
+  dialect="vllm" with n_ctx=N  as vLLM: prompt + max_tokens over N tokens is refused (HTTP 400 "This
+              model's maximum context length is N tokens. However, you requested ... (P in the
+              messages, C in the completion)") instead of cutting max_tokens
+  die_after=N the server goes away after N chat requests: that request and every later one find
+              nothing (open connections are dropped, new ones refused), as a killed server
+  models_delay=S, models_delay_times=K  the first K GET /v1/models wait S seconds before answering
+              (a busy llama.cpp server answers /models only between completions)
 
 Closed-book questions (no excerpt in the prompt, as `datakeg eval` sends them) are answered from
 the server's ``answers`` table ("I do not know." otherwise); a judge prompt gets score 5 when the
@@ -69,19 +99,29 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
+FAULTS = ("strayturns", "onekind", "leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
           "huge", "junk", "reworded", "textplain200")
 HTTP_FAULTS = frozenset({"http401", "http403", "http429", "http500", "echoauth", "html200", "notjson200", "error200"})
 HUGE_REPLY_CHARS = 1_200_000  # characters of the ``huge`` reply (datakeg refuses replies over 1 MB)
 HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad Gateway</h1>"
              "<p>The proxy received an invalid response from an upstream server.</p></body></html>\n")
-DEFAULT_MODELS = ("qwen2.5:3b", "fake-model")
+DEFAULT_MODELS = ("qwen2.5:3b", "fake-model", "judge-fraction", "judge-scoreword", "judge-string", "judge-prose",
+                  "judge-think", "judge-broken")  # the judge-* names pick a judge reply's shape (closed_book)
+DIALECTS = (None, "llama-cpp-python", "no-response-format", "vllm")
+# llama-cpp-python 0.3.36's reply to response_format json_schema (measured; the traceback line shortened)
+LLAMA_CPP_SCHEMA_500 = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                        "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': "
+                        "{'expected': \"'text' or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", line 376, "
+                        "in create_chat_completion\n    POST /v1/chat/completions")
 
 # the chunk sits between <excerpt-XXXXXX> and the same closing tag (datakeg.generation.prompts.excerpt_tag);
 # the back-reference keeps a "</excerpt>" written in the document from ending it early
 _EXCERPT = re.compile(r"<(excerpt(?:-[0-9a-f]+)?)>\n(.*?)\n</\1>", re.DOTALL)
-_COUNT = re.compile(r"Write exactly (\d+) new question-answer pair")
+_COUNT = re.compile(r"Write exactly (\d+) new (?:question-answer pair|conversation)")
+# a task's mix (the built-in task "mix" writes it so): '- 2 x "how-to": description'
+_KIND_LINE = re.compile(r'^- (\d+) x "([^"\n]+)":', re.MULTILINE)
+_TURNS = re.compile(r"Each conversation has exactly (\d+) user turns")
 _JUDGE_CHUNK = re.compile(r"<(chunk-[0-9a-f]+)>\n(.*?)\n</\1>", re.DOTALL)
 _JUDGE_MARK = "Rate each question-answer pair below"
 _HIRAGANA = re.compile("[\u3040-\u309f]")
@@ -130,8 +170,10 @@ REWORDED = "What do the docs explain regarding {span}?"  # the ``reworded`` faul
 
 
 def avoided(prompt: str) -> list[str]:
-    marker = "Do not write questions similar to these existing ones:\n"
-    if marker not in prompt:
+    markers = ("Do not write questions similar to these existing ones:\n",
+               "Do not start a conversation with a question similar to these existing ones:\n")
+    marker = next((m for m in markers if m in prompt), None)
+    if marker is None:
         return []
     block = prompt.split(marker, 1)[1].split("\n\n", 1)[0]
     return [line[2:] for line in block.splitlines() if line.startswith("- ")]
@@ -143,21 +185,36 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     excerpt = m.group(2) if m else prompt
     count = int(_COUNT.search(prompt).group(1)) if _COUNT.search(prompt) else 3
     avoid = avoided(prompt)
-    avoid_set = set(avoid)
+    # a question it wrote for a task's kind opens with "[kind] " (see below): the same span either way
+    avoid_set = {re.sub(r"^\[[^\]\n]+\] ", "", q) for q in avoid}
     want = (count + 1) // 2 if "fewer" in active else count
     # Move on from where the avoided questions stop, as a model continuing its work would.
     cands = candidates(excerpt)
     seen_at = [i for i, (q, _) in enumerate(cands) if q in avoid_set]
     first = (max(seen_at) + 1) if seen_at else 0
     pairs = []
-    for q, a in cands[first:] + cands[:first]:
+    # a task's mix: the k-th pair is of the k-th kind asked, and says so in its "kind" field
+    kinds = [name for n, name in _KIND_LINE.findall(prompt) for _ in range(int(n))]
+    if "onekind" in active:
+        kinds = kinds[:1]
+    turns = int(_TURNS.search(prompt).group(1)) if _TURNS.search(prompt) else 1
+    order = [c for c in cands[first:] + cands[:first] if c[0] not in avoid_set]
+    for k, (q, a) in enumerate(order):
         if len(pairs) >= want:
             break
-        if q in avoid_set:
-            continue
         pair = {"question": q, "answer": a}
         if reasoning:
             pair = {"question": q, "reasoning": f"The documentation states: {a}", "answer": a}
+        if kinds:  # the question says its kind too, so a test can check the rows on disk
+            pair["kind"] = kinds[len(pairs) % len(kinds)]
+            pair["question"] = f"[{pair['kind']}] {q}"
+        if turns == 1 and "strayturns" in active:
+            pair["followups"] = [{"question": "And what happens next?", "answer": a}]
+        if turns > 1:  # follow-ups about the next spans of the excerpt, referring back to the first
+            later = order[k + 1:] + order[:k]
+            pair["followups"] = [{"question": f"And what follows from that about {fq[len('What is said about '):-1]}?",
+                                  "answer": fa} for fq, fa in (later[j % len(later)] if later else (q, a)
+                                                               for j in range(turns - 1))]
         pairs.append(pair)
     if "reworded" in active:
         prefix = "What is said about "
@@ -283,7 +340,17 @@ class FakeLLMServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, faults=None, latency: float = 0.0,
                  models=DEFAULT_MODELS, answers: dict[str, str] | None = None, api_key: str | None = None,
-                 auth_status: int = 401, jitter: float = 0.0):
+                 auth_status: int = 401, jitter: float = 0.0, dialect: str | None = None, n_ctx: int | None = None,
+                 die_after: int | None = None, models_delay: float = 0.0, models_delay_times: int = 1):
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown dialect {dialect!r}; known: {', '.join(d for d in DIALECTS if d)}")
+        self.dialect = dialect
+        self.n_ctx = n_ctx
+        self.die_after = die_after
+        self.dead = False
+        self.models_delay = models_delay
+        self.models_delay_times = models_delay_times
+        self.models_calls = 0
         self.faults = parse_faults(faults)
         self.api_key = api_key  # when set, every request must carry "Authorization: Bearer <api_key>"
         self.auth_status = auth_status
@@ -321,8 +388,14 @@ class FakeLLMServer:
         return self
 
     def stop(self) -> None:
+        self.dead = True
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def _die(self) -> None:
+        """Go away mid-run (``die_after``): stop listening; open connections are dropped by their handlers."""
+        self.dead = True
+        threading.Thread(target=self.stop, daemon=True).start()
 
     def __enter__(self) -> FakeLLMServer:
         return self.start()
@@ -441,10 +514,29 @@ class FakeLLMServer:
                     return False
                 return True
 
+            def _drop(self) -> None:
+                """A dead server: the connection ends with no reply."""
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(2)
+                except OSError:
+                    pass
+
             def do_GET(self):
+                if server.dead:
+                    return self._drop()
                 if self._auth_refused():
                     return
                 if self.path.rstrip("/") == "/v1/models":
+                    with server.lock:
+                        server.models_calls += 1
+                        delay = server.models_delay if server.models_calls <= server.models_delay_times else 0.0
+                    if delay:
+                        time.sleep(delay)
+                    if server.dialect == "llama-cpp-python":  # one model, named by its file
+                        return self._send(200, {"object": "list", "data": [
+                            {"id": "/models/" + server.models[0] + ".gguf", "object": "model", "owned_by": "me",
+                             "permissions": []}]})
                     self._send(200, {"object": "list", "data": [
                         {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in server.models]})
                 elif self.path == "/api/tags":
@@ -458,6 +550,8 @@ class FakeLLMServer:
                     self._send(404, {"error": f"not found: {self.path}"})
 
             def do_POST(self):
+                if server.dead:
+                    return self._drop()
                 if self._auth_refused():
                     return
                 length = int(self.headers.get("Content-Length") or 0)
@@ -475,6 +569,15 @@ class FakeLLMServer:
                     return self._send(404, {"error": f"not found: {self.path}"})
                 ollama = self.path == "/api/chat"
                 arrived = time.monotonic()
+                if server.die_after is not None and server.chat_count >= server.die_after:
+                    server._die()
+                    return self._drop()
+                refusal = self._refuse_format(body, ollama)
+                if refusal:
+                    with server.lock:
+                        server.requests.append({"path": self.path, "body": body, "faults": ["refused_format"],
+                                                "at": arrived, "status": refusal[0]})
+                    return self._send(*refusal)
                 n, active = server._active_faults(body)
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body, "faults": sorted(active), "at": arrived})
@@ -491,6 +594,24 @@ class FakeLLMServer:
                 if "textplain200" in active:  # a good reply under the wrong Content-Type
                     return self._send_raw(reply[0], json.dumps(reply[1]).encode(), "text/plain; charset=utf-8")
                 self._send(*reply)
+
+            def _refuse_format(self, body: dict, ollama: bool) -> tuple[int, dict] | None:
+                """The dialect's refusal of the request's response_format (Ollama: format), if it refuses it."""
+                if ollama:
+                    if server.dialect == "no-response-format" and body.get("format"):
+                        return 400, {"error": "this server does not support the format parameter"}
+                    return None
+                fmt = body.get("response_format")
+                if not isinstance(fmt, dict):
+                    return None
+                if server.dialect == "llama-cpp-python" and fmt.get("type") not in ("text", "json_object"):
+                    return 500, {"error": {"message": LLAMA_CPP_SCHEMA_500, "type": "internal_server_error",
+                                           "param": None, "code": None}}
+                if server.dialect == "no-response-format":
+                    return 400, {"error": {"message": "Unrecognized request argument supplied: response_format",
+                                           "type": "invalid_request_error", "param": "response_format",
+                                           "code": None}}
+                return None
 
             def _chat_reply(self, body: dict, ollama: bool, n: int, active: set[str]) -> tuple[int, dict]:
                 """(status, body) of the reply to a chat request with no HTTP-level fault active."""
@@ -521,6 +642,20 @@ class FakeLLMServer:
                 if "huge" in active:
                     text += " " * (HUGE_REPLY_CHARS - len(text))
                 ptok, ctok = max(1, len(prompt) // 4), max(1, len(text) // 4)
+                finish = "stop"
+                if server.n_ctx is not None and not ollama:  # llama-cpp-python's context rules
+                    wanted = body.get("max_tokens")
+                    if ptok >= server.n_ctx or (server.dialect == "vllm" and ptok + (wanted or 0) > server.n_ctx):
+                        asked = ptok + (wanted or 0)
+                        return 400, {"error": {
+                            "message": f"This model's maximum context length is {server.n_ctx} tokens. However, you "
+                                       f"requested {asked} tokens ({ptok} in the messages, {wanted or 0} in the "
+                                       "completion). Please reduce the length of the messages or completion.",
+                            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+                    room = server.n_ctx - ptok
+                    cap = min(room, wanted) if wanted else room
+                    if ctok > cap:  # cut off, as a model that runs out of tokens
+                        text, ctok, finish = text[:cap * 4], cap, "length"
                 cached = server._prefix_cache(prompt)
                 message = {"role": "assistant", "content": None if "nullcontent" in active else text}
                 if ollama:
@@ -530,7 +665,7 @@ class FakeLLMServer:
                         del reply["message"]
                     return 200, reply
                 choices = [] if "emptychoices" in active else [
-                    {"index": 0, "finish_reason": "stop", "message": message}]
+                    {"index": 0, "finish_reason": finish, "message": message}]
                 return 200, {
                     "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": model,
                     "choices": choices,
@@ -549,9 +684,14 @@ def main(argv=None) -> None:
     ap.add_argument("--jitter", type=float, default=0.0, help="extra random delay per reply, up to this many seconds")
     ap.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     ap.add_argument("--auth-status", type=int, default=401, help="status of a request without the key (401/403)")
+    ap.add_argument("--dialect", choices=[d for d in DIALECTS if d], default=None,
+                    help="answer as this server does (structured-output refusals, model list)")
+    ap.add_argument("--n-ctx", type=int, default=None, help="context window in tokens (4 characters each)")
+    ap.add_argument("--die-after", type=int, default=None, help="go away after this many chat requests")
     args = ap.parse_args(argv)
     srv = FakeLLMServer(args.host, args.port, args.fault, args.latency, api_key=args.api_key,
-                        auth_status=args.auth_status, jitter=args.jitter)
+                        auth_status=args.auth_status, jitter=args.jitter, dialect=args.dialect, n_ctx=args.n_ctx,
+                        die_after=args.die_after)
     print(f"fake LLM server on http://{args.host}:{srv.port}  (OpenAI: --base-url {srv.url}; "
           f"Ollama: OLLAMA_HOST={srv.ollama_host})", flush=True)
     try:

@@ -12,6 +12,14 @@ from datakeg.support.chat_template import ensure_chat_template
 from datakeg.training.options import MLX_HINT, FinetuneOptions
 
 
+def per_answer(rows: list) -> list[dict]:
+    """mlx-lm's ChatDataset trains on the last assistant turn only (it masks everything before
+    it), so a multi-turn conversation becomes one example per assistant turn: the conversation up
+    to that answer. Every answer is trained on; a single-turn row stays one example."""
+    return [{"messages": [dict(m) for m in c.messages[:k + 1]]} for c in rows
+            for k, m in enumerate(c.messages) if m["role"] == "assistant"]
+
+
 def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict:
     try:
         import mlx.core as mx
@@ -41,7 +49,7 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
     ensure_chat_template(hf_tok)
 
     def dataset(rows):
-        return CacheDataset(ChatDataset([{"messages": c.messages} for c in rows], tokenizer, mask_prompt=True))
+        return CacheDataset(ChatDataset(per_answer(rows), tokenizer, mask_prompt=True))
 
     train_set, valid_set = dataset(train), dataset(valid)
     lengths = [len(train_set[i][0]) for i in range(len(train_set))] + [len(valid_set[i][0]) for i in range(len(valid_set))]

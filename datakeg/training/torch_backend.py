@@ -37,18 +37,29 @@ def _imports():
 
 
 def encode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Token ids of the whole conversation and labels masking everything but the last answer.
+    """Token ids of the whole conversation and labels that train on every assistant turn (each
+    answer of a multi-turn row, the template's end-of-turn marker included) and mask the rest.
     BOS comes first when the tokenizer wants one (see datakeg.support.chat_template)."""
-    prompt = render(tokenizer, messages[:-1], add_generation_prompt=True)
-    full = render(tokenizer, messages)
-    if not full.startswith(prompt):
-        raise DatakegError("the chat template does not render the prompt as a prefix of the conversation",
-                           "Use a base model whose chat template renders turns in order.")
-    prompt_ids = text_ids(tokenizer, prompt)
-    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None and (not answer_ids or answer_ids[-1] != tokenizer.eos_token_id):
-        answer_ids = answer_ids + [tokenizer.eos_token_id]
-    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""  # the text encoded so far: each render must extend it
+    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:k], add_generation_prompt=True)
+        full = render(tokenizer, messages[:k + 1])
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise DatakegError("the chat template does not render the prompt as a prefix of the conversation",
+                               "Use a base model whose chat template renders turns in order.")
+        prompt_ids = text_ids(tokenizer, prompt[len(done):], first=not done)
+        answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        if k == last and tokenizer.eos_token_id is not None and (not answer_ids or answer_ids[-1] != tokenizer.eos_token_id):
+            answer_ids = answer_ids + [tokenizer.eos_token_id]
+        ids += prompt_ids + answer_ids
+        labels += [-100] * len(prompt_ids) + answer_ids
+        done = full
+    return ids, labels
 
 
 # --------------------------------------------------------------------------- memory

@@ -58,11 +58,15 @@ CONVERSATIONS = [
     Pair('Quotes "double" and \'single\', a </s> and <|im_end|> inside?', "  Ünïcödé ✓ — 日本語  ").conversation(),
     Conversation([{"role": "user", "content": "First?"}, {"role": "assistant", "content": "One."},
                   {"role": "user", "content": "Second?"}, {"role": "assistant", "content": "Two."}]),
+    # a row of `generate --task conversation` with a system message: three turns
+    Pair("How do I install Tallyho?", "Run `pip install tallyho`.",
+         followups=(("And how do I undo that?", "Run `pip uninstall tallyho`.\n"),
+                    ("Does that remove my config?", "  No: ~/.tallyho.toml stays.  "))).conversation("You are the docs expert."),
 ]
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))
-@pytest.mark.parametrize("conv", CONVERSATIONS, ids=["plain", "system+code", "special", "multi-turn"])
+@pytest.mark.parametrize("conv", CONVERSATIONS, ids=["plain", "system+code", "special", "multi-turn", "3-turn+system"])
 def test_rendered_templates_are_byte_identical_to_official(name, conv):
     ours = TARGETS[name].render(conv)["text"]
     official_messages = [dict(m) for m in conv.messages]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from datakeg.cli import cli
 from datakeg.testing.fake_server import FakeLLMServer
 
-from conftest import ROOT, TESTDOC, wait_for_requests
+from conftest import ROOT, TESTDOC, shared_text_docs, wait_for_requests
 
 SPLITS = ("train", "valid", "test")
 
@@ -195,17 +195,7 @@ def test_no_leak_across_documents_and_targets_still_met(server, tmp_path):
     """Three documents that share most of their text: the same questions come up in every split of
     every document. After the run no question may be near another one of an earlier split (or of
     the same split in another document), and backfill still meets the targets."""
-    src = tmp_path / "docs"
-    src.mkdir()
-    base = (TESTDOC / "README.md").read_text()
-    import random
-
-    rng = random.Random(5)
-    words = sorted({"".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
-                    for _ in range(3000)})
-    for name in ("a.md", "b.md", "c.md"):  # each with a tail of its own, so new questions can be found
-        extra = "\n\n" + " ".join(" ".join(rng.sample(words, 7)).capitalize() + "." for _ in range(40))
-        (src / name).write_text(base + extra)
+    src = shared_text_docs(tmp_path / "docs")
     out = tmp_path / "o"
     assert gen(server, src, out).exit_code == 0
     m = json.loads((out / "manifest.json").read_text())
@@ -295,12 +285,15 @@ def test_the_benchmark_server_reset_forgets_every_request_and_sets_the_latency(s
 
 def test_a_second_process_is_refused_while_a_run_holds_out(tmp_path):
     out = tmp_path / "o"
-    with FakeLLMServer(latency=0.05) as srv:
+    # slow replies while the second process starts (a loaded machine may take seconds to start
+    # Python), so the first run surely still holds OUT; fast again afterwards
+    with FakeLLMServer(latency=1.0) as srv:
         first = subprocess.Popen(cmd(srv, TESTDOC, out, "-c", "1"), cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         wait_for_requests(srv, 2)
         second = subprocess.run(cmd(srv, TESTDOC, out, "-c", "1"), cwd=ROOT, capture_output=True, text=True,
                                 timeout=60)
+        srv.latency = 0.0
         assert second.returncode == 2, second.stderr
         assert f"is being written by datakeg generate (pid {first.pid}" in second.stderr
         _, err = first.communicate(timeout=120)
@@ -370,7 +363,8 @@ def test_a_retry_waiting_for_a_server_that_then_refuses_the_key_fails_alone(tmp_
     assert "every model server refused" not in result.output, result.output
     assert result.exit_code == 4, result.output  # finished, short because requests failed
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert m["status"] == "complete" and m["endpoints"][1]["refused"] is True and retried >= 1
+    # finished (not stopped), without a single pair: every request failed
+    assert m["status"] == "nothing_delivered" and m["endpoints"][1]["refused"] is True and retried >= 1
     assert m["totals"]["failed_requests"] > 0
 
 

@@ -10,14 +10,13 @@ chunk of the corpus almost never does.
 from __future__ import annotations
 
 import json
-import random
 import re
 
 from click.testing import CliRunner
 
 from datakeg.cli import cli
 from datakeg.dataset.provenance import load
-from conftest import TESTDOC
+from conftest import TESTDOC, shared_text_docs
 
 SPLITS = ("train", "valid", "test")
 
@@ -51,16 +50,7 @@ def check_traced(out) -> dict[str, int]:
 
 
 def test_provenance_survives_audit_removal_backfill_and_merge(server, tmp_path):
-    # three documents sharing most of their text: the leakage audit removes and backfills pairs
-    src = tmp_path / "docs"
-    src.mkdir()
-    base = (TESTDOC / "README.md").read_text()
-    rng = random.Random(5)
-    vocab = sorted({"".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
-                    for _ in range(3000)})
-    for name in ("a.md", "b.md", "c.md"):
-        tail = " ".join(" ".join(rng.sample(vocab, 7)).capitalize() + "." for _ in range(40))
-        (src / name).write_text(base + "\n\n## Notes\n\n" + tail)
+    src = shared_text_docs(tmp_path / "docs")  # the leakage audit removes and backfills pairs
     out = tmp_path / "out"
     r = CliRunner().invoke(cli, ["generate", str(src), str(out), "-p", "openai", "--base-url", server.url, "-q"])
     assert r.exit_code == 0, r.output
