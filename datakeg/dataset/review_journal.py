@@ -181,6 +181,7 @@ class Item:
     index: int | None = None  # position in the per-file output (rows)
     reason: str | None = None  # why it was dropped (rejects)
     similar_question: str | None = None
+    turns: list | None = None  # a multi-turn row's turns after the first question and answer
 
 
 def items(out: Path, stems: list[str], sidecars: dict[str, dict | None]) -> Iterator[tuple[Item, str | None]]:
@@ -188,7 +189,7 @@ def items(out: Path, stems: list[str], sidecars: dict[str, dict | None]) -> Iter
     rows (split by split, documents in ``stems`` order) then the dropped pairs of ``rejects.jsonl``."""
     from datakeg.dataset.jsonl import load_rows
     from datakeg.dataset.provenance import locate, read_sidecar, row_question
-    from datakeg.dataset.records import ShapeError, from_row
+    from datakeg.dataset.records import ShapeError, detect_shape, to_conversation
     from datakeg.dataset.splits import SPLITS
 
     out = Path(out)
@@ -205,8 +206,12 @@ def items(out: Path, stems: list[str], sidecars: dict[str, dict | None]) -> Iter
             chunks = (side or {}).get("chunks") or []
             for index, (_, value, raw) in enumerate(load_rows(path)):
                 question = row_question(raw)
+                turns = None
                 try:
-                    answer = from_row(value).answer if question is not None else ""
+                    conv = to_conversation(value, detect_shape(value)) if question is not None else None
+                    answer = conv.first_pair().answer if conv is not None else ""
+                    if conv is not None and conv.multi_turn:
+                        turns = [dict(m) for m in conv.turns[2:]]
                 except (ShapeError, KeyError, TypeError, ValueError, StopIteration, AttributeError):
                     answer = ""
                 if question is None:
@@ -214,7 +219,7 @@ def items(out: Path, stems: list[str], sidecars: dict[str, dict | None]) -> Iter
                 chunk = locate(side, split, index, question)
                 section = chunks[chunk].get("section") if chunk is not None and 0 <= chunk < len(chunks) else None
                 yield Item(pair_id(split, file, question), split, file, "row", question, answer, chunk, section,
-                           stem, index), raw
+                           stem, index, turns=turns), raw
     for stem, side in sidecars.items():
         if side:
             sections[side.get("file")] = side.get("chunks") or []

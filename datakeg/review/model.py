@@ -202,7 +202,7 @@ class ReviewModel:
                     "original_question": it.question, "original_answer": it.answer,
                     "note": (e.state or {}).get("note") or "", "version": e.version, "chunk": it.chunk,
                     "chunk_text": text, "support": support_spans(text or "", e.answer, e.question),
-                    "similar_question": it.similar_question, "can_undo": bool(e.history)}
+                    "similar_question": it.similar_question, "can_undo": bool(e.history), "turns": it.turns or []}
 
     def _entry(self, pair: str) -> Entry:
         e = self.by_id.get(pair) if isinstance(pair, str) else None

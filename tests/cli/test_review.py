@@ -179,3 +179,20 @@ def test_without_the_extra_it_says_which_to_install(out, monkeypatch):
     assert r.exit_code != 0
     assert "pip install 'datakeg[review]'" in r.output and "Traceback" not in r.output
     assert not rj.journal_path(out).exists()
+
+
+def test_multi_turn_rows_show_every_turn_and_keep_them_when_edited(tmp_path):
+    src = copy_docs(tmp_path / "docs", SMALL)
+    out = tmp_path / "out"
+    generate(src, out, "--task", "conversation")
+    m = ReviewModel(out)
+    pid = m.listing(split="train", kind="row", file="README.md")["ids"][0]
+    d = m.detail(pid)
+    line = next(r for r in rows(out / "train.jsonl") if r["messages"][0]["content"] == d["question"])
+    later = [t for t in line["messages"] if t["role"] != "system"][2:]
+    assert later and d["turns"] == later
+    m.decide(pid, "edit", 0, question="Which tool counts the words, lines and headings of Markdown files?")
+    m.apply()
+    edited = next(r for r in rows(out / "train.jsonl")
+                  if r["messages"][0]["content"] == "Which tool counts the words, lines and headings of Markdown files?")
+    assert edited["messages"][1:] == line["messages"][1:]

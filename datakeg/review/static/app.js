@@ -152,7 +152,22 @@ function renderPair() {
     $("badge").textContent = "";
     $("original").textContent = "";
     $("note").value = "";
+    $("turns").replaceChildren();
     return;
+  }
+  const turns = $("turns");
+  turns.replaceChildren();
+  if (p.turns && p.turns.length) {
+    const h = document.createElement("p");
+    h.className = "turns-title";
+    h.textContent = `Later turns of this conversation (${p.turns.length}; shown as generated, the edit changes the first question and answer):`;
+    turns.appendChild(h);
+    for (const t of p.turns) {
+      const d = document.createElement("div");
+      d.className = "turn turn-" + t.role;
+      d.textContent = `${t.role}: ${t.content}`;
+      turns.appendChild(d);
+    }
   }
   $("question").value = p.question;
   $("answer").value = p.answer;
