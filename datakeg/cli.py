@@ -402,6 +402,69 @@ def merge(out):
 
     counts = datakeg.merge(out, on_warning=lambda message: click.echo(f"warning: {message}", err=True))
     click.echo("Merged: " + ", ".join(f"{k}.jsonl {v} rows" for k, v in counts.items()))
+    _echo_review(out, "Review decisions applied")
+
+
+def _echo_review(out: Path, label: str) -> None:
+    """One line on the review decisions recorded in OUT (datakeg review), when there are any."""
+    from datakeg.dataset.review_journal import journal_path, summary
+
+    if Path(out).is_dir() and journal_path(out).exists():
+        s = summary(out)
+        click.echo(f"{label}: {s['reviewed']} pair(s) reviewed: {s['kept']} kept, {s['edited']} edited, "
+                   f"{s['rejected']} rejected, {s['restored']} restored (from {journal_path(out)}).")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port to listen on (0 picks a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but 127.0.0.1/localhost lets other machines reach the page "
+                   "(they still need the token).")
+@click.option("--no-apply", is_flag=True, help="Do not rebuild train/valid/test.jsonl with the decisions on exit "
+              "(run `datakeg merge OUT` later).")
+def review(out, port, host, no_apply):
+    """Review every pair of OUT beside its source text in a local web page, and correct it.
+
+    Prints a URL with a random token (needed by every request); open it in a browser. Keep,
+    reject, edit or restore pairs (dropped ones too), with keyboard shortcuts. Every decision is
+    saved at once in OUT/.datakeg/review.jsonl and applied by `datakeg merge` (and by every later
+    generate); on exit (Ctrl+C) the merged files are rebuilt with them. Needs the [review] extra.
+
+    \b
+    Examples:
+      datakeg review ./out
+      datakeg review ./out --port 9000
+    """
+    from datakeg.review.server import ReviewServer
+
+    # Ctrl+C stops it even when started from a background job, which inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    server = ReviewServer(out, host=host, port=port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: other machines on the network can reach this page. Anyone with the "
+                   "URL below can read and change the dataset; the traffic is not encrypted.", err=True)
+    click.echo(f"Reviewing {out}: {len(server.model.entries)} pair(s) (delivered and dropped).")
+    click.echo(f"Open {server.url}", nl=True)
+    click.echo("Press Ctrl+C to stop.", err=True)
+    sys.stdout.flush()
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    click.echo("Stopped.", err=True)
+    if server.changed and not no_apply:
+        import datakeg
+        from datakeg.errors import OutputBusy
+
+        try:
+            counts = datakeg.merge(out, on_warning=lambda message: click.echo(f"warning: {message}", err=True))
+            click.echo("Applied the decisions: " + ", ".join(f"{k}.jsonl {v} rows" for k, v in counts.items()))
+        except OutputBusy as exc:
+            click.echo(f"warning: decisions not applied yet: {exc.message} Run `datakeg merge {out}` afterwards.",
+                       err=True)
+    _echo_review(out, "Review")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -501,6 +564,15 @@ def convert(src, dst, template_name, source_format, custom_template, system_mess
         notes.update(report.notes)
     for note in sorted(notes):
         click.echo(f"note: {note}", err=True)
+    _echo_review_state(src, err=True)
+
+
+def _echo_review_state(folder: Path, err: bool = False) -> None:
+    from datakeg.dataset.review_journal import describe
+
+    line = describe(folder) if Path(folder).is_dir() else None
+    if line:
+        click.echo(line, err=err)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -544,6 +616,7 @@ def validate(target, dedupe_threshold, require_all_splits):
                        "as duplicates (validate the folder before `convert` for the similarity check)")
         for split, lineno, q, match in result.cross_split[:50]:
             click.echo(f"  {split}.jsonl line {lineno}: {q!r} ~ train {match!r}")
+        _echo_review_state(target)
     sys.exit(0 if result.ok else 1)
 
 

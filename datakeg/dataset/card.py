@@ -165,6 +165,13 @@ def render(out: Path, manifest: dict | None = None, user_keys: str | None = None
     audit_line = (f"Leakage audit (TF-IDF char n-gram cosine >= {_fmt(audit.get('threshold'))}): removed "
                   f"{sum((audit.get('removed') or {}).values())} pair(s) in {audit.get('rounds', 0)} round(s)."
                   if audit else "Leakage audit: not run.")
+    from datakeg.dataset.review_journal import journal_path, summary
+
+    review_line = ""
+    if journal_path(out).exists():
+        r = summary(out)
+        review_line = (f"\n- Human review (`datakeg review`): {r['reviewed']} pair(s) reviewed: {r['kept']} kept, "
+                       f"{r['edited']} edited, {r['rejected']} rejected, {r['restored']} restored from the dropped pairs")
     files = m.get("files") or []
     file_lines = "\n".join(f"  - `{f.get('path', '?')}`" for f in files[:50])
     if len(files) > 50:
@@ -211,7 +218,7 @@ per-document files (`<name>_train.jsonl`, ...) beside the merged ones, `rejects.
 - Requests: {_fmt(totals.get('requests'))}; tokens: {_fmt(totals.get('prompt_tokens'))} prompt +
   {_fmt(totals.get('completion_tokens'))} completion
 - Dropped by reason: {drops}
-- {audit_line}
+- {audit_line}{review_line}
 {_task_line(m)}
 | setting | value |
 |---|---|

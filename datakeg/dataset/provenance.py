@@ -18,6 +18,7 @@ A row is matched to its record by position *and* question: a row whose question 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,19 @@ from datakeg.dataset.jsonl import dumps_line, write_lines
 PROVENANCE = "provenance.jsonl"
 CHUNKS = "chunks.jsonl"
 SIDECAR_DIR = Path(".datakeg") / "provenance"
+
+
+def qhash(question: str) -> str:
+    return hashlib.sha256(question.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def pair_id(split: str, file: str, question: str, origin: str = "row") -> str:
+    """A pair's identity for the review (:mod:`datakeg.dataset.review_journal`): opaque, made of its
+    split, source document and original question (not of its position); a dropped pair
+    (``origin`` "reject") is told apart from a delivered one with the same question."""
+    key = f"{split}\x00{file}\x00{qhash(question)}" + ("" if origin == "row" else f"\x00{origin}")
+    key = key.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(key).hexdigest()[:20]
 
 
 def sidecar_path(out: Path, stem: str) -> Path:
@@ -82,23 +96,28 @@ def locate(sidecar: dict | None, split: str, index: int, question: str | None) -
     return by_question.get(question)
 
 
-def write_merged(out: Path, rows: dict[str, list[tuple[str, int, str]]]) -> dict[str, int]:
+def write_merged(out: Path, rows: dict[str, list[tuple]]) -> dict[str, int]:
     """Write ``provenance.jsonl`` and ``chunks.jsonl`` for merged rows given per split as
-    (stem, index in the stem's per-file output, raw line). Returns rows traced per split."""
+    (stem, index in the stem's per-file output, raw line), or as (stem, index or None, raw line,
+    original question, chunk) for a row the review changed (edited, or restored from the rejects):
+    its chunk is known, and its line carries ``"pair"``, its review identity. Returns rows traced
+    per split."""
     out = Path(out)
     sidecars: dict[str, dict | None] = {}
     used: dict[tuple[str, int], dict] = {}
     lines, traced = [], {}
     for split, recs in rows.items():
         traced[split] = 0
-        for line, (stem, index, raw) in enumerate(recs, 1):
+        for line, (stem, index, raw, *known) in enumerate(recs, 1):
             if stem not in sidecars:
                 sidecars[stem] = read_sidecar(out, stem)
             side = sidecars[stem]
             question = row_question(raw)
-            chunk = locate(side, split, index, question)
+            chunk = known[1] if known else locate(side, split, index, question)
             rec = {"split": split, "line": line, "file": side.get("file") if side else None,
                    "chunk": chunk, "section": None, "question": question}
+            if known:
+                rec["pair"] = known[0]
             if chunk is not None and 0 <= chunk < len(side.get("chunks", [])):
                 c = side["chunks"][chunk]
                 rec["section"] = c.get("section")

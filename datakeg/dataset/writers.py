@@ -60,7 +60,10 @@ def merge(out: Path) -> dict[str, int]:
     """(Re)build OUT/train.jsonl, valid.jsonl, test.jsonl from the per-file outputs, in order.
 
     Writes all three files (a split no document has rows for gives an empty file) and returns the
-    rows per split, and the provenance of every merged row (:mod:`datakeg.dataset.provenance`). Refuses with ``ConfigError`` when OUT holds no per-file output at all (the
+    rows per split, and the provenance of every merged row (:mod:`datakeg.dataset.provenance`).
+    The review's decisions (:mod:`datakeg.dataset.review_journal`) are applied: rejected rows are
+    left out, edited rows carry the edit, restored pairs are added after their document's rows;
+    their counts go to the manifest's ``"review"``. Refuses with ``ConfigError`` when OUT holds no per-file output at all (the
     rebuild would empty the merged files), and with ``JsonlError`` at a per-file line that is not
     valid JSON; in both cases nothing is written. Lines are copied as they are.
     """
@@ -76,13 +79,33 @@ def merge(out: Path) -> dict[str, int]:
             f"{listed}; merge rebuilds train.jsonl, valid.jsonl and test.jsonl from them, so it would empty them.",
             "Nothing was changed. Point it at an output folder of `datakeg generate`, which keeps the per-file "
             "outputs next to the merged files.")
-    merged: dict[str, list[tuple[str, int, str]]] = {}
-    for split in SPLITS:  # read everything first: a bad line stops the merge before anything is written
-        merged[split] = []
-        for stem in stems:
-            path = per_file_path(out, stem, split)
-            if path.exists():
-                merged[split].extend((stem, i, raw) for i, (_, _, raw) in enumerate(load_rows(path)))
-    counts = {split: write_lines(out / f"{split}.jsonl", (raw for _, _, raw in rows)) for split, rows in merged.items()}
+    from datakeg.dataset.review_journal import apply, journal_path
+
+    if journal_path(out).exists():  # the review's decisions (datakeg review)
+        merged, review = apply(out, stems)
+        write_review_counts(out, review)
+    else:
+        merged = {}
+        for split in SPLITS:  # read everything first: a bad line stops the merge before anything is written
+            merged[split] = []
+            for stem in stems:
+                path = per_file_path(out, stem, split)
+                if path.exists():
+                    merged[split].extend((stem, i, raw) for i, (_, _, raw) in enumerate(load_rows(path)))
+    counts = {split: write_lines(out / f"{split}.jsonl", (r[2] for r in rows)) for split, rows in merged.items()}
     write_merged_provenance(out, merged)
     return counts
+
+
+def write_review_counts(out: Path, review: dict[str, int]) -> None:
+    """Record what the last merge applied of the review in ``manifest.json`` (``"review"``)."""
+    manifest = Path(out) / MANIFEST
+    if not manifest.exists():
+        return
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.get("review") != review:
+        data["review"] = review
+        atomic_write_json(manifest, data)

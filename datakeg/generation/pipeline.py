@@ -14,6 +14,7 @@ state than its per-file files.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -207,6 +208,14 @@ class Generator:
         nothing = not any(sum(r.delivered.values()) for r in results) and any(dp.total for dp in plan.docs)
         manifest = self._manifest("nothing_delivered" if nothing else "complete", plan, results, source, started,
                                   audit)
+        from datakeg.dataset.review_journal import journal_path, summary
+
+        if journal_path(self.out).exists():  # the review's decisions: merge applied them and counted them
+            try:
+                applied = json.loads((self.out / MANIFEST).read_text(encoding="utf-8")).get("review")
+            except (OSError, ValueError, AttributeError):
+                applied = None
+            manifest["review"] = applied or summary(self.out)
         if self._paraphrase_report is not None:
             manifest["paraphrases"] = self._paraphrase_report
             for f, res in zip(manifest["files"], results):

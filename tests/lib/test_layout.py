@@ -29,6 +29,7 @@ RANK = {
     "training": 7,
     "evaluation": 7,
     "api": 8,
+    "review": 8,        # datakeg review: the web page (an app layer like api)
     "testing": 8,       # the fake LLM server
     "progress": 9,
     "cli": 10,
