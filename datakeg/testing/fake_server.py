@@ -44,7 +44,11 @@ The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)``
 request (models and tags too) without ``Authorization: Bearer <api_key>`` fail with ``auth_status``.
 
 Closed-book questions (no excerpt in the prompt, as `datakeg eval` sends them) are answered from
-the server's ``answers`` table ("I do not know." otherwise); a judge prompt gets score 5 when the
+the server's ``answers`` table ("I do not know." otherwise). RAG and open-book questions (`datakeg
+eval --rag/--open-book`: passages between ``<context-XXXXXX>`` tags, then "Question: ...") are
+answered from the passages: a question of this server's own form ("What is said about SPAN?") gets
+the words around SPAN in the first passage holding it, exactly the answer it wrote for that chunk,
+and "I do not know." when no passage holds it; a judge prompt gets score 5 when the
 candidate equals the reference after normalisation, 2 when they share a word, else 0.
 
 Judge prompts of `generate --judge-model` (a ``<chunk-XXXXXX>`` and one JSON pair a line) get, per
@@ -249,8 +253,29 @@ def judge_reply(prompt: str, active: set[str]) -> str:
     return f"```json\n{body}\n```" if "fence" in active else body
 
 
+_CONTEXT = re.compile(r"<(context-[0-9a-f]+)>\n(.*?)\n</\1>", re.DOTALL)
+_OWN_QUESTION = re.compile(r"^What is said about (.+)\?$")
+
+
+def context_answer(prompt: str) -> str:
+    """The answer to a RAG / open-book prompt, read from its passages (see the module docstring)."""
+    question = prompt.rsplit("Question: ", 1)[-1].strip()
+    m = _OWN_QUESTION.match(question)
+    if not m:
+        return "I do not know."
+    span = _WORDS.findall(m.group(1))
+    for block in _CONTEXT.finditer(prompt):
+        words = _WORDS.findall(block.group(2))
+        for start in range(len(words) - len(span) + 1):
+            if words[start:start + len(span)] == span:
+                return " ".join(words[max(0, start - 3):start + 12])
+    return "I do not know."
+
+
 def closed_book(messages: list[dict], model: str, answers: dict[str, str]) -> str:
     prompt = str(messages[-1].get("content", "")) if messages else ""
+    if _CONTEXT.search(prompt) and "\nQuestion: " in prompt:
+        return context_answer(prompt)
     if "Candidate answer:" in prompt and "Reference answer:" in prompt:
         from datakeg.evaluation.evaluate import normalize_answer
 
