@@ -254,6 +254,9 @@ def audit(out, leakage_threshold, remove, semantic_dedupe, semantic_model, seman
     too similar to a train question, a test question too similar to a train or valid one, or a
     question repeated in the same split by another document. Exits 1 when any is found.
 
+    Also reports the taught share: for valid and test, the share of questions whose answer a train
+    pair of the same chunk states (so a fine-tune can learn it), and lists the untaught ones.
+
     \b
     Examples:
       datakeg audit out/
@@ -279,7 +282,31 @@ def audit(out, leakage_threshold, remove, semantic_dedupe, semantic_model, seman
         click.echo(f"  ... {len(hits) - 50} more")
     if remove:
         click.echo(f"removed {removed} pair(s); merged files rebuilt")
+    _print_taught(out)
     sys.exit(1 if hits and not remove else 0)
+
+
+def _print_taught(out: Path) -> None:
+    from datakeg.curation.taught import taught_share
+    from datakeg.dataset.provenance import PROVENANCE
+
+    if not (Path(out) / PROVENANCE).exists():
+        click.echo(f"taught share: not measured ({out} has no {PROVENANCE}; `datakeg merge {out}` writes it)")
+        return
+    report = taught_share(Path(out))
+    click.echo(f"taught share ({report.rule}):")
+    for split, v in report.splits.items():
+        share = "-" if v["share"] is None else f"{v['share']:.0%}"
+        click.echo(f"  {split}: {share} ({v['taught']} of {v['traced']} traced questions"
+                   + (f"; {v['questions'] - v['traced']} without provenance" if v["questions"] > v["traced"] else "")
+                   + ")")
+    if report.untaught:
+        click.echo(f"{len(report.untaught)} untaught question(s) (no train pair of their chunk states the answer; "
+                   "a fine-tune cannot learn them; `generate --held-out taught` avoids them):")
+    for u in report.untaught[:50]:
+        click.echo(f"  {u.split}.jsonl line {u.line} [{u.file} chunk {u.chunk}, {u.score:.2f}]: {u.question!r}")
+    if len(report.untaught) > 50:
+        click.echo(f"  ... {len(report.untaught) - 50} more")
 
 
 def _print_estimate(dry) -> None:

@@ -165,6 +165,12 @@ def render(out: Path, manifest: dict | None = None, user_keys: str | None = None
     audit_line = (f"Leakage audit (TF-IDF char n-gram cosine >= {_fmt(audit.get('threshold'))}): removed "
                   f"{sum((audit.get('removed') or {}).values())} pair(s) in {audit.get('rounds', 0)} round(s)."
                   if audit else "Leakage audit: not run.")
+    taught = m.get("taught") or {}
+    shares = [f"{sp} {taught[sp]['share']:.0%} ({taught[sp]['taught']} of {taught[sp]['traced']})"
+              for sp in ("valid", "test") if isinstance(taught.get(sp), dict) and taught[sp].get("share") is not None]
+    taught_line = (f"Learnable held-out questions (answer taught by a train pair of the same chunk; "
+                   f"{taught.get('rule', '')}): {', '.join(shares)}." if shares else
+                   "Learnable held-out questions: not measured.")
     files = m.get("files") or []
     file_lines = "\n".join(f"  - `{f.get('path', '?')}`" for f in files[:50])
     if len(files) > 50:
@@ -212,6 +218,7 @@ per-document files (`<name>_train.jsonl`, ...) beside the merged ones, `rejects.
   {_fmt(totals.get('completion_tokens'))} completion
 - Dropped by reason: {drops}
 - {audit_line}
+- {taught_line}
 
 | setting | value |
 |---|---|

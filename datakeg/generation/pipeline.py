@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from datakeg.curation.taught import manifest_entry, taught_share
 from datakeg.dataset.provenance import write_sidecar as write_provenance
 from datakeg.dataset.records import Pair, Reject, to_row
 from datakeg.dataset.splits import SPLITS
@@ -199,6 +200,8 @@ class Generator:
         atomic_write_jsonl(self.out / REJECTS, (r.to_dict() for r in self._rejects(results)))
         merge(self.out)
         manifest = self._manifest("complete", plan, results, source, started, audit)
+        # how many valid/test questions a train pair of their chunk teaches (datakeg.curation.taught)
+        manifest["taught"] = manifest_entry(taught_share(self.out))
         if self._paraphrase_report is not None:
             manifest["paraphrases"] = self._paraphrase_report
             for f, res in zip(manifest["files"], results):
