@@ -48,8 +48,22 @@ def _excerpt_block(source: str, breadcrumb: str, chunk: str, tag: str) -> list[s
             f"<{tag}>", chunk.strip(), f"</{tag}>", ""]
 
 
+# `generate --held-out taught`: a valid/test prompt also lists the chunk's train answers, the only
+# facts its questions may ask about (datakeg.curation.taught measures the result)
+TAUGHT_MARKER = "Facts the train pairs of this excerpt teach (their answers, one a line):"
+TAUGHT_CAP = 40  # most train answers listed
+
+
+def taught_block(answers: list[str], split: str) -> list[str]:
+    """The block appended to a valid/test prompt with ``--held-out taught``."""
+    return ["", TAUGHT_MARKER] + [f"- {one_line(a)}" for a in answers[:TAUGHT_CAP]] + [
+        f"Ask the {split} questions only about facts stated in these answers, nothing else from the excerpt: "
+        "ask for such a fact in your own words (never repeat or lightly edit an existing question), and give an "
+        "answer that states the fact as the listed answer does (reworded is fine) and adds nothing it does not say."]
+
+
 def build_messages(*, source: str, breadcrumb: str, chunk: str, count: int, split: str, language: str,
-                   avoid: list[str], reasoning: bool) -> list[dict]:
+                   avoid: list[str], reasoning: bool, taught: list[str] | None = None) -> list[dict]:
     fields = '"question", "reasoning", "answer"' if reasoning else '"question", "answer"'
     example = (
         '{"pairs": [{"question": "...", "reasoning": "...", "answer": "..."}]}'
@@ -77,6 +91,8 @@ def build_messages(*, source: str, breadcrumb: str, chunk: str, count: int, spli
     if avoid:
         lines += ["", "Do not write questions similar to these existing ones:"]
         lines += [f"- {one_line(q)}" for q in avoid]
+    if taught:
+        lines += taught_block(taught, split)
     lines += ["", f"Reply with only a JSON object with the fields {fields}, like {example}. Language: {language}."]
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
 

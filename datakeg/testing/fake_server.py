@@ -43,6 +43,11 @@ the same requests fail whatever order concurrent clients send them in, and a ret
 The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)`` instead makes every
 request (models and tags too) without ``Authorization: Bearer <api_key>`` fail with ``auth_status``.
 
+A `generate --held-out taught` prompt (a valid/test prompt listing the chunk's train answers) is
+answered only about those answers: for each listed answer whose span no avoided question names yet,
+the question rewords the train question ("Which details are given about SPAN?" for
+valid, "How do the docs describe SPAN?" for test) and the answer is a part of the listed answer.
+
 Closed-book questions (no excerpt in the prompt, as `datakeg eval` sends them) are answered from
 the server's ``answers`` table ("I do not know." otherwise). RAG and open-book questions (`datakeg
 eval --rag/--open-book`: passages between ``<context-XXXXXX>`` tags, then "Question: ...") are
@@ -141,6 +146,40 @@ def avoided(prompt: str) -> list[str]:
     return [line[2:] for line in block.splitlines() if line.startswith("- ")]
 
 
+from datakeg.generation.prompts import TAUGHT_MARKER  # noqa: E402  (the prompt's own wording)
+
+# `--held-out taught` rewordings of a train question's fact, one per held-out split
+TAUGHT_QUESTIONS = {"valid": "Which details are given about {span}?",
+                    "test": "How do the docs describe {span}?"}
+
+
+def taught_pairs(prompt: str, want: int) -> list[dict]:
+    """A `--held-out taught` prompt: questions about the facts of the listed train answers only,
+    reworded (another template than the train questions'), each answer a part of a listed one."""
+    block = prompt.split(TAUGHT_MARKER + "\n", 1)[1]
+    answers = []
+    for line in block.splitlines():
+        if not line.startswith("- "):
+            break
+        answers.append(line[2:])
+    split = "test" if "(for the test set)" in prompt else "valid"
+    prefixes = tuple(t.split("{")[0] for t in TAUGHT_QUESTIONS.values())
+    used = " ".join(q for q in avoided(prompt) if q.startswith(prefixes))  # held-out questions asked before
+    pairs = []
+    for answer in (answers if split == "valid" else answers[::-1]):  # test starts from the other end
+        if len(pairs) >= want:
+            break
+        words = _WORDS.findall(answer)
+        k = 3 if len(words) >= 12 else 0  # where the train question's span starts in its answer
+        span = " ".join(words[k:k + 6])
+        if len(words[k:k + 6]) < 3 or span in used:  # asked in valid (or an earlier request) already
+            continue
+        used += " " + span
+        pairs.append({"question": TAUGHT_QUESTIONS[split].format(span=span),
+                      "answer": " ".join(words[max(0, k - 1):k + 11])})
+    return pairs
+
+
 def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     """The reply text for one datakeg prompt, with the active faults applied."""
     m = _EXCERPT.search(prompt)
@@ -149,6 +188,12 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     avoid = avoided(prompt)
     avoid_set = set(avoid)
     want = (count + 1) // 2 if "fewer" in active else count
+    if TAUGHT_MARKER in prompt:
+        pairs = taught_pairs(prompt, want)
+        if reasoning:
+            pairs = [{"question": p["question"], "reasoning": f"The documentation states: {p['answer']}",
+                      "answer": p["answer"]} for p in pairs]
+        return json.dumps({"pairs": pairs}, ensure_ascii=False)
     # Move on from where the avoided questions stop, as a model continuing its work would.
     cands = candidates(excerpt)
     seen_at = [i for i, (q, _) in enumerate(cands) if q in avoid_set]

@@ -63,3 +63,46 @@ def test_audit_flags_a_planted_untaught_test_question_and_manifest_and_card_carr
     flagged = [line for line in r.output.splitlines() if line.strip().startswith("test.jsonl line ")]
     assert any(line.strip().startswith("test.jsonl line 1 [") for line in flagged), r.output
     assert not any(line.strip().startswith("test.jsonl line 2 [") for line in flagged), r.output
+
+
+def test_held_out_taught_writes_learnable_valid_and_test_questions(server, tmp_path):
+    """`--held-out taught` against the fake server: >= 95 % of test questions taught (the audit's
+    count), where the usual prompt gives far fewer; the valid/test prompts list the chunk's train
+    answers; and, checked apart from the rule, every test answer is a run of words of a train answer
+    of its own chunk while its question is not a train question."""
+    from datakeg.curation.taught import taught_share
+    from datakeg.generation.prompts import TAUGHT_MARKER
+
+    shares = {}
+    for mode in ("any", "taught"):
+        out = tmp_path / mode
+        r = CliRunner().invoke(cli, ["generate", str(TESTDOC), str(out), "-p", "openai", "--base-url", server.url,
+                                     "-q", "--held-out", mode])
+        assert r.exit_code == 0, r.output
+        report = taught_share(out)
+        shares[mode] = report.splits["test"]["taught"] / len(rows(out / "test.jsonl"))
+        assert json.loads((out / "manifest.json").read_text())["taught"]["test"]["share"] == \
+            report.splits["test"]["share"]
+    assert shares["taught"] >= 0.95 and shares["any"] < 0.5, shares
+    out = tmp_path / "taught"
+    assert len(rows(out / "test.jsonl")) >= 30
+    # the prompts: valid/test requests carry the block, train requests never do
+    held_prompts = [r["body"]["messages"][-1]["content"] for r in server.requests
+                    if "(for the test set)" in r["body"]["messages"][-1]["content"]]
+    assert held_prompts and any(TAUGHT_MARKER in p for p in held_prompts)
+    assert not any(TAUGHT_MARKER in r["body"]["messages"][-1]["content"] for r in server.requests
+                   if "(for the train set)" in r["body"]["messages"][-1]["content"])
+    prov = rows(out / "provenance.jsonl")
+    src = {(p["split"], p["line"]): (p["file"], p["chunk"]) for p in prov}
+    train = rows(out / "train.jsonl")
+    by_chunk = {}
+    for k, row in enumerate(train, 1):
+        by_chunk.setdefault(src[("train", k)], []).append(row)
+    words = lambda t: " ".join(t.lower().split())  # noqa: E731
+    inside = 0
+    test = rows(out / "test.jsonl")
+    for k, row in enumerate(test, 1):
+        own = by_chunk.get(src[("test", k)], [])
+        assert row["prompt"] not in {t["prompt"] for t in train}
+        inside += any(words(row["completion"]) in words(t["completion"]) for t in own)
+    assert inside / len(test) >= 0.95
