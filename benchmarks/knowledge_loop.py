@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"plain": {}, "paraphrases": {"paraphrases": 2}, "taught": {"held_out": "taught"},
-           "paraphrases+taught": {"paraphrases": 2, "held_out": "taught"}}
+           "paraphrases+taught": {"paraphrases": 2, "held_out": "taught"}}  # --paraphrases K sets the 2
 
 
 def generate(docs: Path, out: Path, args, extra: dict) -> dict:
@@ -46,9 +46,10 @@ def generate(docs: Path, out: Path, args, extra: dict) -> dict:
     return result.manifest
 
 
-def evaluate_all(model_dir: str, test: Path, docs: Path, args, index) -> dict:
-    """Closed / RAG / open-book token F1 of one model on one test file (and the RAG hit rate)."""
-    from datakeg.evaluation.evaluate import evaluate, hit_rate, load_questions
+def evaluate_all(model_dir: str, test: Path, args, index, report: Path) -> dict:
+    """Closed / RAG / open-book token F1 of one model on one test file (and the RAG hit rate); every
+    answer in REPORT.json / REPORT.md."""
+    from datakeg.evaluation.evaluate import evaluate, hit_rate, load_questions, write_reports
     from datakeg.providers.local import LocalProvider
 
     qs = load_questions([test], args.limit)
@@ -65,6 +66,7 @@ def evaluate_all(model_dir: str, test: Path, docs: Path, args, index) -> dict:
         reports.append(rep)
         row[mode] = rep.summary()["token_f1"]
         row[f"{mode}_seconds"] = round(time.perf_counter() - t, 1)
+    write_reports(reports, report)
     row["hit_rate"] = hit_rate(reports)[0]
     row["closed_of_rag"] = round(row["closed"] / row["rag"], 3) if row["rag"] else None
     return row
@@ -79,7 +81,8 @@ def main() -> None:
     ap.add_argument("--pairs-per-1k", type=float, default=1.5)
     ap.add_argument("--chunk-size", type=int, default=1500)
     ap.add_argument("--only", action="append", choices=list(CONFIGS), help="configurations to run (repeatable)")
-    ap.add_argument("--epochs", type=float, default=4.0)
+    ap.add_argument("--paraphrases", type=int, default=2, help="K of the paraphrase configurations")
+    ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--learning-rate", type=float, default=1e-3)
     ap.add_argument("--lora-rank", type=int, default=16)
@@ -102,7 +105,8 @@ def main() -> None:
     for name in args.only or list(CONFIGS):
         out = args.out / name
         t = time.perf_counter()
-        manifest = generate(args.docs, out, args, CONFIGS[name])
+        extra = {k: (args.paraphrases if k == "paraphrases" else v) for k, v in CONFIGS[name].items()}
+        manifest = generate(args.docs, out, args, extra)
         gen_s = round(time.perf_counter() - t, 1)
         test = out / "test.jsonl"
         taught = (manifest.get("taught") or {}).get("test", {}).get("share")
@@ -110,10 +114,10 @@ def main() -> None:
         train_rows = len((out / "train.jsonl").read_text().splitlines())
         print(f"[{name}] generated in {gen_s} s: {delivered} (train rows {train_rows}), taught test share "
               f"{taught}", flush=True)
-        digest = test.read_text()
+        digest = test.read_text()  # the base model is evaluated once per distinct test set
         if digest not in base_rows:
             t = time.perf_counter()
-            base_rows[digest] = evaluate_all(base, test, args.docs, args, index)
+            base_rows[digest] = evaluate_all(base, test, args, index, out / "eval_base")
             print(f"[{name}] base model: {base_rows[digest]} ({time.perf_counter() - t:.0f} s)", flush=True)
         opts = FinetuneOptions(data=out, base_model=base, output=out / "finetuned", backend="torch",
                                epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -122,16 +126,15 @@ def main() -> None:
         ft = finetune(opts, lambda e: print("  ", e.get("message") or {k: (round(v, 4) if isinstance(v, float)
                                                                             else v) for k, v in e.items()},
                                             flush=True) if e.get("event") != "step" else None)
-        tuned = evaluate_all(ft["merged"], test, args.docs, args, index)
+        tuned = evaluate_all(ft["merged"], test, args, index, out / "eval_tuned")
         print(f"[{name}] tuned: {tuned} (train {ft['seconds']} s, {ft['steps']} steps)", flush=True)
         common = {"config": name, "train_rows": train_rows, "valid": delivered["valid"], "test": delivered["test"],
                   "taught_test_share": taught, "generate_seconds": gen_s}
         results["rows"].append({**common, "model": "base", **base_rows[digest]})
         results["rows"].append({**common, "model": "tuned", **tuned, "steps": ft["steps"],
                                 "train_seconds": ft["seconds"], "seconds_per_step": ft["seconds_per_step"]})
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out.parent / "knowledge_loop.json").write_text(json.dumps(results, indent=2))
+        results["seconds"] = round(time.perf_counter() - started, 1)
+        (args.out.parent / "knowledge_loop.json").write_text(json.dumps(results, indent=2))  # after each one
 
     def f(v):
         return "-" if v is None else f"{v:.3f}"

@@ -404,8 +404,8 @@ def side_by_side(reports: list[EvalReport]) -> list[dict]:
                 s = rep.summary(sp) if rep is not None else None
                 row[f"{mode}_f1"] = s["token_f1"] if s else None
                 row[f"{mode}_judge"] = s["judge"] if s else None
-            closed, rag = row[f"closed_{'judge' if metric == 'judge' else 'f1'}"], \
-                row[f"rag_{'judge' if metric == 'judge' else 'f1'}"]
+            suffix = "judge" if metric == "judge" else "f1"
+            closed, rag = row[f"closed_{suffix}"], row[f"rag_{suffix}"]
             row["closed_of_rag"] = round(closed / rag, 4) if closed is not None and rag else None
             row["rag_hit_rate"] = rate if role != "baseline" and any(r.mode == "rag" for r in reports) else None
             row["rag_hit_known"] = known if row["rag_hit_rate"] is not None else None
