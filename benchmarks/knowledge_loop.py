@@ -49,7 +49,12 @@ def generate(docs: Path, out: Path, args, extra: dict) -> dict:
 def evaluate_all(model_dir: str, test: Path, args, index, report: Path) -> dict:
     """Closed / RAG / open-book token F1 of one model on one test file (and the RAG hit rate); every
     answer in REPORT.json / REPORT.md."""
-    from datakeg.evaluation.evaluate import evaluate, hit_rate, load_questions, write_reports
+    from datakeg.evaluation.evaluate import (
+        evaluate,
+        hit_rate,
+        load_questions,
+        write_reports,
+    )
     from datakeg.providers.local import LocalProvider
 
     qs = load_questions([test], args.limit)
@@ -78,8 +83,8 @@ def main() -> None:
     ap.add_argument("--provider", default="openai", help="generation provider (default: the fake server)")
     ap.add_argument("--base-url", default=None, help="generation server (default: a fake server started here)")
     ap.add_argument("-m", "--model", default=None)
-    ap.add_argument("--pairs-per-1k", type=float, default=1.5)
-    ap.add_argument("--chunk-size", type=int, default=1500)
+    ap.add_argument("--pairs-per-1k", type=float, default=2.0)
+    ap.add_argument("--chunk-size", type=int, default=2000)
     ap.add_argument("--only", action="append", choices=list(CONFIGS), help="configurations to run (repeatable)")
     ap.add_argument("--paraphrases", type=int, default=2, help="K of the paraphrase configurations")
     ap.add_argument("--epochs", type=float, default=3.0)

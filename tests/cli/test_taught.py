@@ -106,3 +106,21 @@ def test_held_out_taught_writes_learnable_valid_and_test_questions(server, tmp_p
         assert row["prompt"] not in {t["prompt"] for t in train}
         inside += any(words(row["completion"]) in words(t["completion"]) for t in own)
     assert inside / len(test) >= 0.95
+
+
+def test_held_out_taught_warns_about_chunks_without_train_pairs(tmp_path):
+    """With few pairs per chunk, the planner gives some chunks only a valid or test pair: nothing can
+    teach those, and the dry run says so (a planted tiny target)."""
+    from datakeg.generation.planning import make_plan
+    from datakeg.settings import Settings
+    from datakeg.sources.discovery import read_documents
+
+    docs, skipped = read_documents(TESTDOC)
+    thin = make_plan(docs, skipped, Settings.build(pairs_per_1k=1.5, chunk_size=1500, held_out="taught"))
+    bare = sum(1 for dp in thin.docs for t in dp.targets if t["train"] == 0 and t["valid"] + t["test"] > 0)
+    assert bare > 0
+    assert any(w.startswith(f"--held-out taught: {bare} chunk(s)") for w in thin.warnings)
+    thick = make_plan(docs, skipped, Settings.build(held_out="taught"))
+    assert not any("--held-out taught" in w for w in thick.warnings)
+    plain = make_plan(docs, skipped, Settings.build(pairs_per_1k=1.5, chunk_size=1500))
+    assert not any("--held-out taught" in w for w in plain.warnings)
