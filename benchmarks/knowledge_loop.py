@@ -50,6 +50,7 @@ def evaluate_all(model_dir: str, test: Path, args, index, report: Path) -> dict:
     """Closed / RAG / open-book token F1 of one model on one test file (and the RAG hit rate); every
     answer in REPORT.json / REPORT.md."""
     from datakeg.evaluation.evaluate import (
+        echo_baseline,
         evaluate,
         hit_rate,
         load_questions,
@@ -63,7 +64,7 @@ def evaluate_all(model_dir: str, test: Path, args, index, report: Path) -> dict:
     prov.prepare()
     modes = {"closed": None, "rag": [index.search(p.question, args.rag_k) for p in qs.pairs],
              "open": [[s] if s else None for s in qs.sources]}
-    row, reports = {"questions": len(qs.pairs)}, []
+    row, reports = {"questions": len(qs.pairs), "echo": echo_baseline(qs.pairs).summary()["token_f1"]}, []
     for mode, contexts in modes.items():
         t = time.perf_counter()
         rep = evaluate(qs.pairs, prov, mode=mode, contexts=contexts, splits=qs.splits, sources=keys,
@@ -144,11 +145,11 @@ def main() -> None:
     def f(v):
         return "-" if v is None else f"{v:.3f}"
 
-    print(f"\n{'config':20} {'model':6} {'train':>5} {'test':>4} {'taught':>6} {'closed':>7} {'RAG':>7} "
+    print(f"\n{'config':20} {'model':6} {'train':>5} {'test':>4} {'taught':>6} {'echo':>6} {'closed':>7} {'RAG':>7} "
           f"{'open':>7} {'hit@k':>6} {'closed/RAG':>10}")
     for r in results["rows"]:
         print(f"{r['config']:20} {r['model']:6} {r['train_rows']:5d} {r['questions']:4d} {f(r['taught_test_share']):>6} "
-              f"{f(r['closed']):>7} {f(r['rag']):>7} {f(r['open']):>7} {f(r['hit_rate']):>6} "
+              f"{f(r.get('echo')):>6} {f(r['closed']):>7} {f(r['rag']):>7} {f(r['open']):>7} {f(r['hit_rate']):>6} "
               f"{'-' if r['closed_of_rag'] is None else format(r['closed_of_rag'], '.0%'):>10}")
     print(f"token F1; RAG: top {args.rag_k} BM25 chunks (chunk size {args.chunk_size}); total {results['seconds']} s")
 
