@@ -311,6 +311,9 @@ def audit(out, leakage_threshold, remove, semantic_dedupe, semantic_model, seman
     alpaca, sharegpt); plain {"text"} rows (a chatml/llama3/... `convert` output) hold none and are
     refused with a message (exit 2).
 
+    Also reports the taught share: for valid and test, the share of questions whose answer a train
+    pair of the same chunk states (so a fine-tune can learn it), and lists the untaught ones.
+
     \b
     Examples:
       datakeg audit out/
@@ -336,7 +339,31 @@ def audit(out, leakage_threshold, remove, semantic_dedupe, semantic_model, seman
         click.echo(f"  ... {len(hits) - 50} more")
     if remove:
         click.echo(f"removed {removed} pair(s); merged files rebuilt")
+    _print_taught(out)
     sys.exit(1 if hits and not remove else 0)
+
+
+def _print_taught(out: Path) -> None:
+    from datakeg.curation.taught import taught_share
+    from datakeg.dataset.provenance import PROVENANCE
+
+    if not (Path(out) / PROVENANCE).exists():
+        click.echo(f"taught share: not measured ({out} has no {PROVENANCE}; `datakeg merge {out}` writes it)")
+        return
+    report = taught_share(Path(out))
+    click.echo(f"taught share ({report.rule}):")
+    for split, v in report.splits.items():
+        share = "-" if v["share"] is None else f"{v['share']:.0%}"
+        click.echo(f"  {split}: {share} ({v['taught']} of {v['traced']} traced questions"
+                   + (f"; {v['questions'] - v['traced']} without provenance" if v["questions"] > v["traced"] else "")
+                   + ")")
+    if report.untaught:
+        click.echo(f"{len(report.untaught)} untaught question(s) (no train pair of their chunk states the answer; "
+                   "a fine-tune cannot learn them; `generate --held-out taught` avoids them):")
+    for u in report.untaught[:50]:
+        click.echo(f"  {u.split}.jsonl line {u.line} [{u.file} chunk {u.chunk}, {u.score:.2f}]: {u.question!r}")
+    if len(report.untaught) > 50:
+        click.echo(f"  ... {len(report.untaught) - 50} more")
 
 
 def _print_estimate(dry) -> None:
@@ -712,7 +739,8 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
 
 # --------------------------------------------------------------------------- eval
 @cli.command("eval", context_settings=CONTEXT)
-@click.argument("test_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("test_files", metavar="TEST_FILE...", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-p", "--provider", type=_ProviderChoice(), default="ollama", show_default=True)
 @click.option("-m", "--model", help="Model to evaluate (for --provider local: a folder such as a fine-tuned "
               "merged model, or `bundled` / nothing for the bundled base model).")
@@ -721,7 +749,17 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
               "the report shows both and the difference.")
 @click.option("--judge-model", help="Also score each answer 0-5 with this model as judge (same provider).")
 @click.option("--system-message", help="System turn sent before each question (use the one you trained with).")
-@click.option("--limit", type=int, help="Only the first N questions.")
+@click.option("--rag", "rag_src", type=click.Path(exists=True, path_type=Path), metavar="SRC",
+              help="Also answer every question with the top --rag-k chunks BM25 retrieves from SRC (your docs "
+              "folder, chunked as generate chunks it). Needs the [rag] extra.")
+@click.option("--rag-k", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="Chunks given to the model with --rag.")
+@click.option("--chunk-size", type=click.IntRange(200, 1_000_000), metavar="CHARS",
+              help="Chunk size for --rag (default: the one in the manifest beside TEST_FILE, else generate's "
+              "default), so retrieved chunks are the chunks the pairs were written from.")
+@click.option("--open-book", is_flag=True, help="Also answer every question with its own source chunk (from "
+              "provenance.jsonl and chunks.jsonl beside TEST_FILE): the ceiling of retrieval.")
+@click.option("--limit", type=int, help="Only the first N questions (of each file).")
 @click.option("--report", "report_prefix", type=click.Path(dir_okay=False, path_type=Path), default="eval_report",
               show_default=True, help="Writes PREFIX.json and PREFIX.md.")
 @click.option("-c", "--concurrency", type=int, help="Questions in flight at once (default per provider).")
@@ -731,25 +769,34 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
 @click.option("--structured", type=click.Choice(["auto", "schema", "json", "none"]), default="auto",
               show_default=True, help="Structured output for the judge's replies (as for generate): auto tries a "
               "JSON schema and steps down to what the server accepts; the answers are always plain text.")
-def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, system_message, limit, report_prefix,
-             concurrency, request_timeout, wait_for_model, structured):
-    """Ask a model every question of TEST_FILE closed book (no document) and score its answers
-    against the references: exact match, token F1, similarity, optional LLM judge.
+def eval_cmd(test_files, provider, model, base_url, compare_model, judge_model, system_message, rag_src, rag_k,
+             chunk_size, open_book, limit, report_prefix, concurrency, request_timeout, wait_for_model, structured):
+    """Ask a model every question of TEST_FILE (several: e.g. valid.jsonl test.jsonl, reported per split)
+    closed book (no document) and score its answers against the references: exact match, token F1,
+    similarity, optional LLM judge. With --rag and --open-book the same model also answers with
+    retrieved chunks and with the pair's own chunk, side by side, with the retrieval hit rate and the
+    headline "closed book reaches N% of RAG".
 
     \b
     Examples:
       datakeg eval out/test.jsonl -m qwen2.5:3b
       datakeg eval out/test.jsonl -p local -m out/finetuned/merged --compare bundled
       datakeg eval out/test.jsonl -p openai --base-url http://localhost:8000/v1 -m tuned --judge-model big-model
+      datakeg eval out/valid.jsonl out/test.jsonl -m tuned --compare qwen2.5:3b --rag docs/ --rag-k 3 --open-book
     """
     from datakeg.evaluation.evaluate import (
+        SIDE_COLUMNS,
         SUMMARY_COLUMNS,
         echo_baseline,
         evaluate,
-        load_test_pairs,
+        headlines,
+        hit_rate,
+        load_questions,
+        side_rows,
         summary_rows,
         write_reports,
     )
+    from datakeg.evaluation.rag import Index, default_chunk_size
     from datakeg.providers import create_provider
 
     def build(name):
@@ -760,34 +807,77 @@ def eval_cmd(test_file, provider, model, base_url, compare_model, judge_model, s
         prov.prepare(lambda message: click.echo(f"{provider}: {message}", err=True))
         return prov
 
-    pairs = load_test_pairs(test_file, limit)
+    qs = load_questions(list(test_files), limit)
+    pairs = qs.pairs
+    keys = [s.key if s else None for s in qs.sources]
+    if open_book and not any(qs.sources):
+        raise DatakegError(
+            f"--open-book needs the provenance of {', '.join(map(str, test_files))}: provenance.jsonl and "
+            "chunks.jsonl beside a merged train/valid/test.jsonl, found none that matches.",
+            "Point TEST_FILE at OUT/test.jsonl of a datakeg 0.3+ output folder (run `datakeg merge OUT` to "
+            "rebuild the provenance), or leave out --open-book.")
+    modes = {"closed": None}
+    if rag_src is not None:
+        size = chunk_size or default_chunk_size(Path(test_files[0]).parent)
+        index = Index.build(rag_src, size)
+        click.echo(f"RAG: {len(index.passages)} chunks of {rag_src} (chunk size {size}), top {rag_k} per question",
+                   err=True)
+        if any(qs.sources) and not any(s.key in {p.key for p in index.passages} for s in qs.sources if s):
+            click.echo(f"Warning: no source chunk of the questions is among the chunks of {rag_src}: is it the "
+                       "folder the dataset was generated from, with the same --chunk-size?", err=True)
+        modes["rag"] = [index.search(p.question, rag_k) for p in pairs]
+    if open_book:
+        modes["open"] = [[s] if s else None for s in qs.sources]
+        missing = sum(1 for s in qs.sources if s is None)
+        if missing:
+            click.echo(f"Warning: {missing} question(s) have no source chunk in the provenance; open book reports "
+                       "them as failed.", err=True)
     judge = build(judge_model) if judge_model else None
     reports = []
     for role, name in [("model", model)] + ([("compare", compare_model)] if compare_model else []):
         prov = build(name)
         label = prov.describe().get("model")
-        done = [0]
+        for mode, contexts in modes.items():
+            done = [0]
+            tag = label if mode == "closed" else f"{label} {mode}"
 
-        def tick(item, label=label, done=done):
-            done[0] += 1
-            click.echo(f"[{label}] {done[0]}/{len(pairs)}" + (" failed" if item.error else ""), err=True)
+            def tick(item, tag=tag, done=done):
+                done[0] += 1
+                click.echo(f"[{tag}] {done[0]}/{len(pairs)}" + (" failed" if item.error else ""), err=True)
 
-        rep = evaluate(pairs, prov, system_message=system_message, judge=judge,
-                       concurrency=concurrency or prov.default_concurrency, on_item=tick)
-        rep.role = role
-        reports.append(rep)
-    reports.append(echo_baseline(pairs, judge))
+            rep = evaluate(pairs, prov, system_message=system_message, judge=judge,
+                           concurrency=concurrency or prov.default_concurrency, on_item=tick, mode=mode,
+                           contexts=contexts, splits=qs.splits, sources=keys)
+            rep.role = role
+            reports.append(rep)
+    reports.append(echo_baseline(pairs, judge, qs.splits))
     json_path, md_path = write_reports(reports, report_prefix)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"eval on {test_file} ({len(pairs)} questions; averages over answered questions)")
+    console = Console(width=max(140, Console().width))
+    table = Table(title=f"eval on {', '.join(map(str, test_files))} ({len(pairs)} questions; averages over "
+                  "answered questions)")
     table.add_column("model")
     for c in SUMMARY_COLUMNS:
         table.add_column(c, justify="right")
     for row in summary_rows(reports):
         table.add_row(*row)
-    Console(width=max(140, Console().width)).print(table)
+    console.print(table)
+    if len(modes) > 1:
+        side = Table(title="closed book, RAG and open book, per split of the questions")
+        for k, c in enumerate(SIDE_COLUMNS):
+            side.add_column(c, justify="left" if k < 2 else "right")
+        for row in side_rows(reports):
+            side.add_row(*row)
+        console.print(side)
+        rate, known = hit_rate(reports)
+        if "rag" in modes:
+            click.echo(f"Retrieval hit rate (source chunk among the top {rag_k}): "
+                       + (f"{rate:.2f} over {known} questions" if rate is not None else
+                          "unknown (no provenance beside TEST_FILE)"))
+        for line in headlines(reports):
+            click.echo(line)
     failed = reports[0].summary()["failed"]
     if failed:
         click.echo(f"{failed} question(s) failed for {reports[0].model} and are left out of its averages "

@@ -16,6 +16,7 @@ from datakeg.errors import ConfigError
 FORMATS = ("completion", "chat", "reasoning")
 REASONING_FORMATS = ("separate", "integrated")
 STRUCTURED = ("auto", "schema", "json", "none")
+HELD_OUT = ("any", "taught")
 
 
 def opt(default, help: str, *, shapes: bool = True, choices: tuple | None = None, config: bool = True,
@@ -82,6 +83,10 @@ class Settings:
     paraphrases: int = opt(0, "Add this many rewordings of each train question (same answer, train only, kept "
                            "clear of every valid/test question), so a fine-tuned model learns the facts rather than "
                            "one wording. Needs an instruct model.")
+    held_out: str = opt("any", "What valid/test questions may ask about: any fact of their chunk, or (taught) only "
+                        "facts the chunk's train answers state, reworded, so that a fine-tune can learn every "
+                        "held-out answer; an untaught pair is dropped and asked again. Chunks without train pairs "
+                        "keep the usual prompt.", choices=HELD_OUT)
     judge_model: str | None = opt(None, "Model that scores every pair that passed the deterministic gates (1-5 on "
                                   "faithfulness to the chunk, standalone question, usefulness); pairs scored below "
                                   "--judge-threshold are dropped and backfilled. Default: no judge.")

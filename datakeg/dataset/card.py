@@ -172,6 +172,12 @@ def render(out: Path, manifest: dict | None = None, user_keys: str | None = None
         r = summary(out)
         review_line = (f"\n- Human review (`datakeg review`): {r['reviewed']} pair(s) reviewed: {r['kept']} kept, "
                        f"{r['edited']} edited, {r['rejected']} rejected, {r['restored']} restored from the dropped pairs")
+    taught = m.get("taught") or {}
+    shares = [f"{sp} {taught[sp]['share']:.0%} ({taught[sp]['taught']} of {taught[sp]['traced']})"
+              for sp in ("valid", "test") if isinstance(taught.get(sp), dict) and taught[sp].get("share") is not None]
+    taught_line = (f"Learnable held-out questions (answer taught by a train pair of the same chunk; "
+                   f"{taught.get('rule', '')}): {', '.join(shares)}." if shares else
+                   "Learnable held-out questions: not measured.")
     files = m.get("files") or []
     file_lines = "\n".join(f"  - `{f.get('path', '?')}`" for f in files[:50])
     if len(files) > 50:
@@ -219,6 +225,7 @@ per-document files (`<name>_train.jsonl`, ...) beside the merged ones, `rejects.
   {_fmt(totals.get('completion_tokens'))} completion
 - Dropped by reason: {drops}
 - {audit_line}{review_line}
+- {taught_line}
 {_task_line(m)}
 | setting | value |
 |---|---|

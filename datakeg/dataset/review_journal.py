@@ -29,7 +29,6 @@ by every later merge (``generate`` and ``audit --remove`` merge too).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from datakeg.curation.taught import manifest_entry, taught_share
 from datakeg.dataset.provenance import write_sidecar as write_provenance
 from datakeg.dataset.records import Pair, Reject, to_row
 from datakeg.dataset.splits import SPLITS
@@ -216,6 +217,8 @@ class Generator:
             except (OSError, ValueError, AttributeError):
                 applied = None
             manifest["review"] = applied or summary(self.out)
+        # how many valid/test questions a train pair of their chunk teaches (datakeg.curation.taught)
+        manifest["taught"] = manifest_entry(taught_share(self.out))
         if self._paraphrase_report is not None:
             manifest["paraphrases"] = self._paraphrase_report
             for f, res in zip(manifest["files"], results):

@@ -79,7 +79,14 @@ def make_plan(docs: list[Document], skipped: list[Skipped], settings: Settings, 
                              first_chunk=sum(len(p.chunks) for p in plans)))
     if task is not None and task.kinds:
         deal_kinds(plans, task.mix)
-    return Plan(plans, skipped, list(warnings))
+    warnings = list(warnings)
+    if settings.held_out == "taught":
+        bare = sum(1 for dp in plans for t in dp.targets if t["train"] == 0 and t["valid"] + t["test"] > 0)
+        if bare:
+            warnings.append(f"--held-out taught: {bare} chunk(s) get valid/test pairs but no train pair, so their "
+                            "held-out questions cannot be taught (they keep the usual prompt); raise --pairs-per-1k "
+                            "or --chunk-size so that every chunk gets train pairs")
+    return Plan(plans, skipped, warnings)
 
 
 def deal_kinds(plans: list[DocPlan], mix: dict[str, float]) -> None:

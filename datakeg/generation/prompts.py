@@ -48,6 +48,20 @@ def _excerpt_block(source: str, breadcrumb: str, chunk: str, tag: str) -> list[s
             f"<{tag}>", chunk.strip(), f"</{tag}>", ""]
 
 
+# `generate --held-out taught`: a valid/test prompt also lists the chunk's train answers, the only
+# facts its questions may ask about (datakeg.curation.taught measures the result)
+TAUGHT_MARKER = "Facts the train pairs of this excerpt teach (their answers, one a line):"
+TAUGHT_CAP = 40  # most train answers listed
+
+
+def taught_block(answers: list[str], split: str) -> list[str]:
+    """The block appended to a valid/test prompt with ``--held-out taught``."""
+    return ["", TAUGHT_MARKER] + [f"- {one_line(a)}" for a in answers[:TAUGHT_CAP]] + [
+        f"Ask the {split} questions only about facts stated in these answers, nothing else from the excerpt: "
+        "ask for such a fact in your own words (never repeat or lightly edit an existing question), and give an "
+        "answer that states the fact as the listed answer does (reworded is fine) and adds nothing it does not say."]
+
+
 def reply_format(reasoning: bool, kinds: bool = False, turns: int = 1) -> tuple[str, str]:
     """The JSON fields a reply's pairs must have, and an example reply (the ``fields`` and
     ``example`` of a task template)."""
@@ -62,10 +76,11 @@ def reply_format(reasoning: bool, kinds: bool = False, turns: int = 1) -> tuple[
 
 def build_messages(*, source: str, breadcrumb: str, chunk: str, count: int, split: str, language: str,
                    avoid: list[str], reasoning: bool, task=None, kinds: list[dict] = (),
-                   audience: str = "") -> list[dict]:
+                   audience: str = "", taught: list[str] | None = None) -> list[dict]:
     """The messages of one request: the task's system prompt and its instructions rendered for
     this chunk (the built-in ``qa`` task by default). ``kinds``: [{name, description, count}] this
-    request asks for; ``audience``: who asks."""
+    request asks for; ``audience``: who asks; ``taught``: the chunk's train answers, the only facts a
+    valid/test question may ask about (``--held-out taught``: appended after the task's text)."""
     from datakeg.generation.task import load_task
 
     task = task or load_task()
@@ -78,6 +93,8 @@ def build_messages(*, source: str, breadcrumb: str, chunk: str, count: int, spli
         example=example, turns=task.turns, kinds=[dict(k) for k in kinds], audience=audience,
         style={"min_words": task.min_words, "max_words": task.max_words, "quote_commands": task.quote_commands},
         examples=[dict(e) for e in task.examples])
+    if taught:
+        text += "\n" + "\n".join(taught_block(taught, split))
     messages = [{"role": "user", "content": text}]
     return ([{"role": "system", "content": task.system}] if task.system else []) + messages
 

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from datakeg.curation.quality import Gate, grounding_for, normalize_question
+from datakeg.curation.taught import is_taught
 from datakeg.dataset.records import Pair, Reject
 from datakeg.dataset.splits import SPLITS
 from datakeg.generation.callbacks import Callbacks
@@ -112,7 +113,7 @@ class DocumentRunner:
 
     # -- one request ------------------------------------------------------------------------
     def _ask(self, dp: DocPlan, i: int, split: str, count: int, avoid: list[str], slot: Slot,
-             kinds: list[dict] = ()) -> list[Pair] | None:
+             kinds: list[dict] = (), taught: list[str] | None = None) -> list[Pair] | None:
         chunk = dp.chunks[i]
         t = self.task
         # audiences take turns: over the dataset's chunks, the splits and each chunk's requests
@@ -120,7 +121,8 @@ class DocumentRunner:
             if t.audiences else ""
         messages = build_messages(source=dp.doc.relpath, breadcrumb=chunk.breadcrumb, chunk=chunk.text,
                                   count=count, split=split, language=dp.language, avoid=avoid,
-                                  reasoning=self.settings.reasoning, task=t, kinds=kinds, audience=audience)
+                                  reasoning=self.settings.reasoning, task=t, kinds=kinds, audience=audience,
+                                  taught=taught)
         per_pair = TOKENS_PER_PAIR * (3 if self.settings.reasoning else 2) * t.turns
         task = {"excerpt": chunk.text, "count": count, "split": split, "language": dp.language, "avoid": avoid,
                 "reasoning": self.settings.reasoning}
@@ -167,10 +169,19 @@ class DocumentRunner:
             return None
 
     # -- one chunk, one split ---------------------------------------------------------------
+    def taught(self, res: DocResult, i: int, split: str) -> list[str] | None:
+        """``--held-out taught``: the train answers of chunk ``i`` for a valid/test request (None for
+        train, without the option, or when the chunk has no train pair: the usual prompt then)."""
+        if self.settings.held_out != "taught" or split == "train":
+            return None
+        return [p.answer for p in res.slots[i]["train"].pairs] or None
+
     def fill(self, dp: DocPlan, i: int, split: str, slot: Slot, gate: Gate, mine: list[Pair],
-             elsewhere: list[str], max_calls: int, pinned: list[str] = ()) -> None:
+             elsewhere: list[str], max_calls: int, pinned: list[str] = (), taught: list[str] | None = None) -> None:
         """Ask until ``slot`` holds its target or ``max_calls`` more calls were made. ``pinned``
-        questions are always in the avoid list (questions removed by the leakage audit)."""
+        questions are always in the avoid list (questions removed by the leakage audit). ``taught``:
+        the chunk's train answers (``--held-out taught``): the prompt lists them and a pair whose
+        answer they do not teach (:func:`datakeg.curation.taught.is_taught`) is dropped as "untaught"."""
         s = self.settings
         want = dp.targets[i][split]
         spare = spare_pairs(want, s.spares)
@@ -191,7 +202,7 @@ class DocumentRunner:
             avoid = pin + avoid_list(mine, elsewhere, chunk.text, s.avoid_cap - len(pin))
             made += 1
             asked = self.kinds_to_ask(dp, i, split, slot, count)
-            pairs = self._ask(dp, i, split, count, avoid, slot, asked)
+            pairs = self._ask(dp, i, split, count, avoid, slot, asked, taught)
             progress = False
             if pairs is None:
                 continue
@@ -200,6 +211,8 @@ class DocumentRunner:
             for pair in pairs:
                 reason = gate.check(pair, grounding, batch) or self.task_check(pair, grounding, gate) \
                     or ("over_count" if len(passed) >= count else None)
+                if reason is None and taught is not None and not is_taught(pair.question, pair.answer, taught):
+                    reason = "untaught"
                 if reason:
                     self._drop(slot, dp, i, split, pair, reason)
                     continue
@@ -366,7 +379,7 @@ class DocumentRunner:
                 # keeps the latest of this chunk's questions), so that one can still replace a pair later
                 spares = [p for sp in earlier for p in slots[i][sp].reserve]
                 self.fill(dp, i, split, slots[i][split], gate, spares + list(mine), self.others(res, i, earlier),
-                          planned + s.max_attempts)
+                          planned + s.max_attempts, taught=self.taught(res, i, split))
 
             # biggest jobs first, so the round's tail is short (the order of results does not matter)
             order = sorted(range(n), key=lambda i: -dp.targets[i][split])
@@ -434,7 +447,7 @@ class DocumentRunner:
         mine = [p for sp in SPLITS for p in res.slots[i][sp].pairs]  # every split: none may come back
         self.fill(res.plan, i, split, res.slots[i][split], self.gate(others + [p.question for p in mine]
                                                                      + list(avoid_also)),
-                  mine, others, max_calls, pinned=avoid_also)
+                  mine, others, max_calls, pinned=avoid_also, taught=self.taught(res, i, split))
 
     @staticmethod
     def own(res: DocResult, i: int, upto: str) -> list[Pair]:

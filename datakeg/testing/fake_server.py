@@ -73,8 +73,17 @@ Dialects and server limits (constructor arguments; command-line flags of the sam
   models_delay=S, models_delay_times=K  the first K GET /v1/models wait S seconds before answering
               (a busy llama.cpp server answers /models only between completions)
 
+A `generate --held-out taught` prompt (a valid/test prompt listing the chunk's train answers) is
+answered only about those answers: for each listed answer whose span no avoided question names yet,
+the question rewords the train question ("Which details are given about SPAN?" for
+valid, "How do the docs describe SPAN?" for test) and the answer is a part of the listed answer.
+
 Closed-book questions (no excerpt in the prompt, as `datakeg eval` sends them) are answered from
-the server's ``answers`` table ("I do not know." otherwise); a judge prompt gets score 5 when the
+the server's ``answers`` table ("I do not know." otherwise). RAG and open-book questions (`datakeg
+eval --rag/--open-book`: passages between ``<context-XXXXXX>`` tags, then "Question: ...") are
+answered from the passages: a question of this server's own form ("What is said about SPAN?") gets
+the words around SPAN in the first passage holding it, exactly the answer it wrote for that chunk,
+and "I do not know." when no passage holds it; a judge prompt gets score 5 when the
 candidate equals the reference after normalisation, 2 when they share a word, else 0.
 
 Judge prompts of `generate --judge-model` (a ``<chunk-XXXXXX>`` and one JSON pair a line) get, per
@@ -179,6 +188,40 @@ def avoided(prompt: str) -> list[str]:
     return [line[2:] for line in block.splitlines() if line.startswith("- ")]
 
 
+from datakeg.generation.prompts import TAUGHT_MARKER  # noqa: E402  (the prompt's own wording)
+
+# `--held-out taught` rewordings of a train question's fact, one per held-out split
+TAUGHT_QUESTIONS = {"valid": "Which details are given about {span}?",
+                    "test": "How do the docs describe {span}?"}
+
+
+def taught_pairs(prompt: str, want: int) -> list[dict]:
+    """A `--held-out taught` prompt: questions about the facts of the listed train answers only,
+    reworded (another template than the train questions'), each answer a part of a listed one."""
+    block = prompt.split(TAUGHT_MARKER + "\n", 1)[1]
+    answers = []
+    for line in block.splitlines():
+        if not line.startswith("- "):
+            break
+        answers.append(line[2:])
+    split = "test" if "(for the test set)" in prompt else "valid"
+    prefixes = tuple(t.split("{")[0] for t in TAUGHT_QUESTIONS.values())
+    used = " ".join(q for q in avoided(prompt) if q.startswith(prefixes))  # held-out questions asked before
+    pairs = []
+    for answer in (answers if split == "valid" else answers[::-1]):  # test starts from the other end
+        if len(pairs) >= want:
+            break
+        words = _WORDS.findall(answer)
+        k = 3 if len(words) >= 12 else 0  # where the train question's span starts in its answer
+        span = " ".join(words[k:k + 6])
+        if len(words[k:k + 6]) < 3 or span in used:  # asked in valid (or an earlier request) already
+            continue
+        used += " " + span
+        pairs.append({"question": TAUGHT_QUESTIONS[split].format(span=span),
+                      "answer": " ".join(words[max(0, k - 1):k + 11])})
+    return pairs
+
+
 def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     """The reply text for one datakeg prompt, with the active faults applied."""
     m = _EXCERPT.search(prompt)
@@ -188,6 +231,12 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
     # a question it wrote for a task's kind opens with "[kind] " (see below): the same span either way
     avoid_set = {re.sub(r"^\[[^\]\n]+\] ", "", q) for q in avoid}
     want = (count + 1) // 2 if "fewer" in active else count
+    if TAUGHT_MARKER in prompt:
+        pairs = taught_pairs(prompt, want)
+        if reasoning:
+            pairs = [{"question": p["question"], "reasoning": f"The documentation states: {p['answer']}",
+                      "answer": p["answer"]} for p in pairs]
+        return json.dumps({"pairs": pairs}, ensure_ascii=False)
     # Move on from where the avoided questions stop, as a model continuing its work would.
     cands = candidates(excerpt)
     seen_at = [i for i, (q, _) in enumerate(cands) if q in avoid_set]
@@ -306,8 +355,29 @@ def judge_reply(prompt: str, active: set[str]) -> str:
     return f"```json\n{body}\n```" if "fence" in active else body
 
 
+_CONTEXT = re.compile(r"<(context-[0-9a-f]+)>\n(.*?)\n</\1>", re.DOTALL)
+_OWN_QUESTION = re.compile(r"^What is said about (.+)\?$")
+
+
+def context_answer(prompt: str) -> str:
+    """The answer to a RAG / open-book prompt, read from its passages (see the module docstring)."""
+    question = prompt.rsplit("Question: ", 1)[-1].strip()
+    m = _OWN_QUESTION.match(question)
+    if not m:
+        return "I do not know."
+    span = _WORDS.findall(m.group(1))
+    for block in _CONTEXT.finditer(prompt):
+        words = _WORDS.findall(block.group(2))
+        for start in range(len(words) - len(span) + 1):
+            if words[start:start + len(span)] == span:
+                return " ".join(words[max(0, start - 3):start + 12])
+    return "I do not know."
+
+
 def closed_book(messages: list[dict], model: str, answers: dict[str, str]) -> str:
     prompt = str(messages[-1].get("content", "")) if messages else ""
+    if _CONTEXT.search(prompt) and "\nQuestion: " in prompt:
+        return context_answer(prompt)
     if "Candidate answer:" in prompt and "Reference answer:" in prompt:
         from datakeg.evaluation.evaluate import normalize_answer
 

@@ -36,7 +36,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_line = [line for line in block.splitlines() if "pytest" in line]
     assert len(test_line) == 1, "the README's second command (tests) is one command"
     command = test_line[0].split("#")[0].strip()
-    assert 'pip install -e ".[local,torch,mlx,semantic,dev]"' in command and "python -m pytest -q" in command
+    assert 'pip install -e ".[local,torch,mlx,semantic,rag,dev]"' in command and "python -m pytest -q" in command
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert command in ci.splitlines(), f".ci/run must run the README's test command: {command}"
     assert ci.index("torch==2.13.0") < ci.index(command)  # the CPU torch wheel, pinned, first

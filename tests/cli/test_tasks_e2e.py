@@ -7,7 +7,6 @@ and the leakage audit catches a test conversation whose first question copies a 
 
 import json
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
