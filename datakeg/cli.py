@@ -466,8 +466,13 @@ def review(out, port, host, no_apply):
     """
     from datakeg.review.server import ReviewServer
 
-    # Ctrl+C stops it even when started from a background job, which inherits SIGINT ignored
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    import threading
+
+    # Ctrl+C (or SIGTERM) at any moment sets `stop`, even when started from a background job, which
+    # inherits SIGINT ignored; the server then stops cleanly and the decisions are applied
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     server = ReviewServer(out, host=host, port=port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: other machines on the network can reach this page. Anyone with the "
@@ -476,10 +481,7 @@ def review(out, port, host, no_apply):
     click.echo(f"Open {server.url}", nl=True)
     click.echo("Press Ctrl+C to stop.", err=True)
     sys.stdout.flush()
-    try:
-        server.serve()
-    except KeyboardInterrupt:
-        pass
+    server.serve(stop)
     click.echo("Stopped.", err=True)
     if server.changed and not no_apply:
         import datakeg

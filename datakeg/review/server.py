@@ -203,19 +203,27 @@ class ReviewServer:
         shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else (f"[{self.host}]" if ":" in self.host else self.host)
         return f"http://{shown}:{self.port}/?token={self.token}"
 
-    def serve(self) -> None:
-        """Serve until Ctrl+C / SIGTERM (uvicorn's graceful shutdown: requests in flight finish).
+    def close(self) -> None:
+        """Stop listening without serving."""
+        self.sock.close()
 
-        uvicorn runs in a thread and the main thread waits for it: Ctrl+C is Python's own
-        KeyboardInterrupt in the main thread whenever it comes (uvicorn's signal handlers, installed
-        only once its loop runs, would lose a Ctrl+C pressed while it starts)."""
+    def serve(self, stop=None) -> None:
+        """Serve until ``stop`` (a ``threading.Event``) is set, or until Ctrl+C when none is given
+        (uvicorn's graceful shutdown: requests in flight finish).
+
+        uvicorn runs in a thread (where it installs no signal handlers) and the main thread waits
+        for it. The CLI passes an Event that its SIGINT/SIGTERM handler sets, so a Ctrl+C at any
+        moment, even while uvicorn starts, is a clean stop rather than an exception raised wherever
+        the main thread happens to be."""
         import threading
+        import time
 
         import uvicorn
 
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         done = threading.Event()
+        stop = stop or threading.Event()
 
         def run() -> None:
             try:
@@ -223,14 +231,13 @@ class ReviewServer:
             finally:
                 done.set()
 
-        # an Event, not Thread.join: on Python 3.11 a Ctrl+C inside join() can leave is_alive() False
         threading.Thread(target=run, name="datakeg-review", daemon=True).start()
         try:
-            while not done.wait(0.2):
+            while not done.is_set() and not stop.wait(0.2):
                 pass
         except KeyboardInterrupt:
-            import time
-
+            stop.set()
+        if stop.is_set():
             deadline = time.monotonic() + 10  # stopped while starting: let it start, then stop it
             while not done.is_set() and not server.started and time.monotonic() < deadline:
                 time.sleep(0.05)
