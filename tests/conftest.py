@@ -71,3 +71,20 @@ def shared_text_docs(src: Path) -> Path:
         extra = "\n\n" + " ".join(" ".join(rng.sample(words, 7)).capitalize() + "." for _ in range(40))
         (src / name).write_text(base + extra)
     return src
+
+
+def skip_without_the_semantic_extra():
+    """Skip (cleanly) where the [semantic] extra is missing: sentence-transformers, or the packaged
+    all-MiniLM-L6-v2 weights. CI installs the extra, so there these tests run."""
+    import importlib.util
+    from pathlib import Path as _Path
+
+    from datakeg.curation.semantic import PACKAGE
+
+    try:  # pytest.importorskip, but also for an ImportError raised inside the package (torch missing)
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        pytest.skip("needs the [semantic] extra (sentence-transformers): pip install -e '.[semantic]'")
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not any((_Path(p) / "model.zip").is_file() for p in spec.submodule_search_locations or []):
+        pytest.skip("needs the [semantic] extra (the packaged all-MiniLM-L6-v2): pip install -e '.[semantic]'")

@@ -206,6 +206,23 @@ class ConvertReport:
     notes: list[str] = field(default_factory=list)
 
 
+def iter_conversations(src: Path, shape: str, report: ConvertReport, system_message: str | None = None):
+    """The rows of ``src`` read as ``shape``, as conversations (``system_message`` added where a row
+    has none); a line that cannot be read is recorded in ``report.skipped`` and left out."""
+    for lineno, value, error in iter_rows(src):
+        if error:
+            report.skipped.append((lineno, error))
+            continue
+        try:
+            conv = to_conversation(value, shape)
+        except ShapeError as exc:
+            report.skipped.append((lineno, str(exc)))
+            continue
+        if system_message and not conv.system:
+            conv.messages.insert(0, {"role": "system", "content": system_message})
+        yield conv
+
+
 def convert_file(src: Path, dst: Path, target: Target, source_shape: str | None = None,
                  system_message: str | None = None) -> ConvertReport:
     """Stream ``src`` into ``dst`` (atomically). Bad rows are skipped and reported, never guessed."""
@@ -230,17 +247,7 @@ def convert_file(src: Path, dst: Path, target: Target, source_shape: str | None 
     lost: set[str] = set()
 
     def rows():
-        for lineno, value, error in iter_rows(src):
-            if error:
-                report.skipped.append((lineno, error))
-                continue
-            try:
-                conv = to_conversation(value, shape)
-            except ShapeError as exc:
-                report.skipped.append((lineno, str(exc)))
-                continue
-            if system_message and not conv.system:
-                conv.messages.insert(0, {"role": "system", "content": system_message})
+        for conv in iter_conversations(src, shape, report, system_message):
             if conv.system and target.system != "kept":
                 lost.add(f"the system message is {target.system}" + (" into the first user turn" if
                                                                        target.system == "merged" else ""))

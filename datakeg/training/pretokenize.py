@@ -32,8 +32,8 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datakeg.dataset.conversion import ConvertReport, Target, detect_file_shape, iter_rows
-from datakeg.dataset.records import SHAPES, ShapeError, to_conversation
+from datakeg.dataset.conversion import ConvertReport, Target, detect_file_shape, iter_conversations
+from datakeg.dataset.records import SHAPES
 from datakeg.errors import ConfigError, DatakegError
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -249,17 +249,7 @@ def _tokenize_file(src: Path, tok: Tok, target: Target, source_format, system_me
     report = ConvertReport(shape, f"{detected} (detected from the first {looked} row{'s' * (looked != 1)})"
                            if not source_format else f"{shape} (set by --source-format)")
     lost = set()
-    for lineno, value, error in iter_rows(src):
-        if error:
-            report.skipped.append((lineno, error))
-            continue
-        try:
-            conv = to_conversation(value, shape)
-        except ShapeError as exc:
-            report.skipped.append((lineno, str(exc)))
-            continue
-        if system_message and not conv.system:
-            conv.messages.insert(0, {"role": "system", "content": system_message})
+    for conv in iter_conversations(src, shape, report, system_message):
         if conv.reasoning:
             lost.add("reasoning is dropped (target has no place for it)")
         row_ids, row_mask = tokenize_conversation(tok, conv)

@@ -17,27 +17,10 @@ from datakeg.dataset.records import from_row
 from datakeg.curation.semantic import _latin_like
 from datakeg.testing.fake_server import REWORDED, FakeLLMServer
 
-from conftest import TESTDOC
+from conftest import TESTDOC, skip_without_the_semantic_extra
 
 SPLITS = ("train", "valid", "test")
 PLANTED = re.compile("^" + re.escape(REWORDED).replace(re.escape("{span}"), "(.*)") + "$")
-
-
-def skip_without_the_semantic_extra():
-    """Skip (cleanly) where the [semantic] extra is missing: sentence-transformers, or the packaged
-    all-MiniLM-L6-v2 weights. CI installs the extra, so there these tests run."""
-    import importlib.util
-    from pathlib import Path as _Path
-
-    from datakeg.curation.semantic import PACKAGE
-
-    try:  # pytest.importorskip, but also for an ImportError raised inside the package (torch missing)
-        import sentence_transformers  # noqa: F401
-    except ImportError:
-        pytest.skip("needs the [semantic] extra (sentence-transformers): pip install -e '.[semantic]'")
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not any((_Path(p) / "model.zip").is_file() for p in spec.submodule_search_locations or []):
-        pytest.skip("needs the [semantic] extra (the packaged all-MiniLM-L6-v2): pip install -e '.[semantic]'")
 
 
 @pytest.fixture

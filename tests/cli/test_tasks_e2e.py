@@ -174,7 +174,7 @@ def test_conversations_round_trip_and_the_audit_checks_first_turns(tmp_path):
 
     tok = bundled_tokenizer()
     ensure_chat_template(tok)  # a base model's tokenizer: ChatML, as finetune gives it
-    trl = pytest.importorskip("trl.data_utils", reason="needs trl (the [dev] extra)")
+    trl = pytest.importorskip("trl.data_utils", reason="needs trl (the [torch] extra)")
     for row in train[:5]:
         assert trl.is_conversational(row)
         text = trl.maybe_apply_chat_template(row, tok)["text"]

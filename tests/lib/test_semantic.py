@@ -10,6 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import skip_without_the_semantic_extra
+
 from datakeg.curation import semantic as sem
 from datakeg.errors import ConfigError, DatakegError
 from datakeg.curation.leakage import find_leaks, tfidf_matrix
@@ -45,23 +47,6 @@ DIFFERENT = [
 # Chinese: a true rewording, and two different questions (uninstall / configure). The English
 # model scores both pairs 1.0 (it reads few of these characters), so it must not compare them at all.
 CHINESE = [("怎样安装这个命令行工具？", "如何安装命令行工具？"), ("如何卸载命令行工具？", "如何配置命令行工具？")]
-
-
-def skip_without_the_semantic_extra():
-    """Skip (cleanly) where the [semantic] extra is missing: sentence-transformers, or the packaged
-    all-MiniLM-L6-v2 weights. CI installs the extra, so there these tests run."""
-    import importlib.util
-    from pathlib import Path as _Path
-
-    from datakeg.curation.semantic import PACKAGE
-
-    try:  # pytest.importorskip, but also for an ImportError raised inside the package (torch missing)
-        import sentence_transformers  # noqa: F401
-    except ImportError:
-        pytest.skip("needs the [semantic] extra (sentence-transformers): pip install -e '.[semantic]'")
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not any((_Path(p) / "model.zip").is_file() for p in spec.submodule_search_locations or []):
-        pytest.skip("needs the [semantic] extra (the packaged all-MiniLM-L6-v2): pip install -e '.[semantic]'")
 
 
 @pytest.fixture(scope="module")
