@@ -152,8 +152,17 @@ def new_row(out: Path, like: dict | None, question: str, answer: str) -> dict:
     from datakeg.dataset.records import Pair, to_row
 
     if like is not None:
-        return edit_row(like, question, answer) if "scores" not in like else \
-            {k: v for k, v in edit_row(like, question, answer).items() if k != "scores"}
+        row = {k: v for k, v in edit_row(like, question, answer).items() if k != "scores"}
+        # a conversation keeps its system turn and this one exchange: the later turns of ``like``
+        # belong to another pair (maybe of another split), and copying them would leak them
+        for key, role_key, bot in (("messages", "role", ("assistant",)),
+                                   ("conversations", "from", ("gpt", "assistant", "model"))):
+            turns = row.get(key)
+            if isinstance(turns, list):
+                first = next((i for i, m in enumerate(turns) if isinstance(m, dict) and m.get(role_key) in bot), None)
+                if first is not None:
+                    row[key] = turns[:first + 1]
+        return row
     settings = {}
     try:
         settings = json.loads((Path(out) / ".datakeg" / "run.json").read_text(encoding="utf-8")).get("settings") or {}

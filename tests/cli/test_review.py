@@ -196,3 +196,28 @@ def test_multi_turn_rows_show_every_turn_and_keep_them_when_edited(tmp_path):
     edited = next(r for r in rows(out / "train.jsonl")
                   if r["messages"][0]["content"] == "Which tool counts the words, lines and headings of Markdown files?")
     assert edited["messages"][1:] == line["messages"][1:]
+
+
+def test_a_restored_pair_in_a_conversation_dataset_carries_no_other_rows_turns(tmp_path):
+    """A restored dropped pair takes the shape of a row of its document, never that row's later
+    turns: they belong to another conversation (of train, when the restore is in valid), and
+    copying them into valid or test would leak train text."""
+    src = copy_docs(tmp_path / "docs", SMALL)
+    out = tmp_path / "out"
+    generate(src, out, "--task", "conversation", faults=["junk"])
+    m = ReviewModel(out)
+    dropped = m.listing(kind="reject")["ids"]
+    assert dropped, "the junk fault leaves dropped pairs to restore"
+    pid = dropped[0]
+    d = m.detail(pid)
+    m.decide(pid, "restore", 0)
+    m.apply()
+    split = d["split"]
+    restored = [r for r in rows(out / f"{split}.jsonl")
+                if next(t for t in r["messages"] if t["role"] == "user")["content"] == d["question"]]
+    assert len(restored) == 1
+    turns = [t for t in restored[0]["messages"] if t["role"] != "system"]
+    assert [t["role"] for t in turns] == ["user", "assistant"] and turns[1]["content"] == d["answer"]
+    others = {t["content"] for s in ("train", "valid", "test") for r in rows(out / f"{s}.jsonl") if r is not restored[0]
+              for t in r["messages"] if t["role"] == "user"}
+    assert all(t["content"] not in others or t["content"] == d["question"] for t in turns if t["role"] == "user")
