@@ -373,33 +373,13 @@ def validate(target, *, dedupe_threshold: float = 90.0, require_all_splits: bool
 def _refresh_card(out: Path, on_warning) -> None:
     """Rewrite OUT/README.md (the dataset card) after the merged files changed, and the manifest's
     taught share (:mod:`datakeg.curation.taught`) first, so both describe the new rows."""
+    from datakeg.curation.taught import refresh_taught
     from datakeg.dataset.card import write_card
 
     refresh_taught(out)
     note = write_card(out)
     if note and on_warning is not None:
         on_warning(note)
-
-
-def refresh_taught(out: Path) -> None:
-    """Recompute ``taught`` in OUT/manifest.json from the merged files (when both it and the
-    provenance exist)."""
-    import json
-
-    from datakeg.curation.taught import manifest_entry, taught_share
-    from datakeg.dataset.provenance import PROVENANCE
-    from datakeg.dataset.writers import atomic_write_json
-
-    path = Path(out) / "manifest.json"
-    if not path.exists() or not (Path(out) / PROVENANCE).exists():
-        return
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if isinstance(manifest, dict):
-        manifest["taught"] = manifest_entry(taught_share(Path(out)))
-        atomic_write_json(path, manifest)
 
 
 def audit(out, *, leakage_threshold: float = 0.9, remove: bool = False, on_warning=None,

@@ -128,3 +128,23 @@ def manifest_entry(report: TaughtReport) -> dict:
     """What manifest.json (and from it the dataset card) carries: the rule and the share per split."""
     return {"rule": report.rule, "threshold": report.threshold,
             **{split: dict(v) for split, v in report.splits.items()}, "untaught": len(report.untaught)}
+
+
+def refresh_taught(out: Path) -> None:
+    """Recompute ``taught`` in OUT/manifest.json from the merged files (when both it and the
+    provenance exist)."""
+    import json
+
+    from datakeg.dataset.provenance import PROVENANCE
+    from datakeg.dataset.writers import atomic_write_json
+
+    path = Path(out) / "manifest.json"
+    if not path.exists() or not (Path(out) / PROVENANCE).exists():
+        return
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(manifest, dict):
+        manifest["taught"] = manifest_entry(taught_share(Path(out)))
+        atomic_write_json(path, manifest)

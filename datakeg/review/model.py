@@ -318,6 +318,7 @@ class ReviewModel:
 
     def apply(self) -> dict:
         """Rebuild the merged files with the decisions applied (``datakeg merge``, under OUT's lock)."""
+        from datakeg.curation.taught import refresh_taught
         from datakeg.dataset.card import write_card
         from datakeg.dataset.outdir import OutputLock
         from datakeg.dataset.writers import merge
@@ -327,6 +328,7 @@ class ReviewModel:
             try:
                 with OutputLock(self.out, "review (merge)"):
                     counts = merge(self.out)
+                    refresh_taught(self.out)  # the manifest's taught share, then the card, describe the new rows
                     write_card(self.out)
             except OutputBusy as exc:
                 raise Refused(f"Not applied: {exc.message}", 423) from None

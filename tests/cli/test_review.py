@@ -221,3 +221,21 @@ def test_a_restored_pair_in_a_conversation_dataset_carries_no_other_rows_turns(t
     others = {t["content"] for s in ("train", "valid", "test") for r in rows(out / f"{s}.jsonl") if r is not restored[0]
               for t in r["messages"] if t["role"] == "user"}
     assert all(t["content"] not in others or t["content"] == d["question"] for t in turns if t["role"] == "user")
+
+
+def test_apply_refreshes_the_taught_share_in_manifest_and_card(out):
+    """The page's Apply rebuilds the merged files: the manifest's taught share (and the card made
+    from it) must describe the rows left, as after `datakeg merge`."""
+    from datakeg.curation.taught import manifest_entry, taught_share
+
+    m = ReviewModel(out)
+    before = json.loads((out / "manifest.json").read_text())["taught"]["valid"]
+    ids = m.listing(split="valid", kind="row")["ids"]
+    for pid in ids[: max(1, len(ids) // 2)]:
+        m.decide(pid, "reject", 0)
+    m.apply()
+    now = json.loads((out / "manifest.json").read_text())["taught"]
+    truth = manifest_entry(taught_share(out))
+    assert now["valid"] == truth["valid"] and now["valid"]["traced"] < before["traced"]
+    card = (out / "README.md").read_text()
+    assert f"valid {truth['valid']['share']:.0%} ({truth['valid']['taught']} of {truth['valid']['traced']})" in card
