@@ -863,15 +863,17 @@ def eval_cmd(test_files, provider, model, base_url, compare_model, judge_model, 
     table.add_column("model")
     for c in SUMMARY_COLUMNS:
         table.add_column(c, justify="right")
+    from rich.markup import escape  # model names, paths and "[open book]" are text, not markup
+
     for row in summary_rows(reports):
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     console.print(table)
     if len(modes) > 1:
         side = Table(title="closed book, RAG and open book, per split of the questions")
         for k, c in enumerate(SIDE_COLUMNS):
             side.add_column(c, justify="left" if k < 2 else "right")
         for row in side_rows(reports):
-            side.add_row(*row)
+            side.add_row(*map(escape, row))
         console.print(side)
         rate, known = hit_rate(reports)
         if "rag" in modes:

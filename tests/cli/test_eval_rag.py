@@ -80,6 +80,8 @@ def test_rag_retrieves_the_source_chunk_and_the_report_has_every_column(server, 
                    "closed book reaches"):
         assert column in md
     assert "fake-model: closed book reaches 0% of RAG" in r.output
+    # the terminal tables name every mode (rich would take "[open book]" for a style tag)
+    assert "fake-model [open book]" in r.output and "fake-model [RAG]" in r.output
     assert "Retrieval hit rate (source chunk among the top 2): 1.00" in r.output
 
 
