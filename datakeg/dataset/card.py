@@ -161,6 +161,8 @@ def render(out: Path, manifest: dict | None = None, user_keys: str | None = None
     drops = ", ".join(f"{k} {v}" for k, v in dropped.items()) if dropped else "none"
     shown = {k: v for k, v in settings.items() if v is not None}
     settings_table = "\n".join(f"| `{k}` | {_fmt(v)} |" for k, v in shown.items()) or "| - | - |"
+    # what making the dataset cost, over every run into OUT (manifest usage.total), else this run's
+    spent = ((m.get("usage") or {}).get("total") if isinstance(m.get("usage"), dict) else None) or totals
     audit = m.get("leakage_audit") or {}
     audit_line = (f"Leakage audit (TF-IDF char n-gram cosine >= {_fmt(audit.get('threshold'))}): removed "
                   f"{sum((audit.get('removed') or {}).values())} pair(s) in {audit.get('rounds', 0)} round(s)."
@@ -221,8 +223,9 @@ per-document files (`<name>_train.jsonl`, ...) beside the merged ones, `rejects.
 - Provider: `{_fmt(m.get('provider'))}`, model: `{_fmt(m.get('model'))}`
 - datakeg {__version__} (generated with {_fmt(m.get('datakeg_version'))}, prompt version
   {_fmt(m.get('prompt_version'))}), {_fmt(m.get('created'))}
-- Requests: {_fmt(totals.get('requests'))}; tokens: {_fmt(totals.get('prompt_tokens'))} prompt +
-  {_fmt(totals.get('completion_tokens'))} completion
+- Requests: {_fmt(spent.get('requests'))}; tokens: {_fmt(spent.get('prompt_tokens'))} prompt +
+  {_fmt(spent.get('completion_tokens'))} completion (all runs into this folder; a resumed run
+  replays finished requests for free)
 - Dropped by reason: {drops}
 - {audit_line}{review_line}
 - {taught_line}

@@ -174,3 +174,15 @@ def test_an_empty_split_is_left_out_of_the_configs_so_the_others_still_load(tmp_
     datasets = pytest.importorskip("datasets", reason="needs the `datasets` package (in the [dev] extra)")
     ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))
     assert {k: v.num_rows for k, v in ds.items()} == {"train": 2, "test": 1}
+
+
+def test_the_card_counts_what_every_run_into_out_cost(server, small_testdoc, tmp_path):
+    """A resumed run replays every request for free: the card still says what making the dataset
+    cost (the manifest's usage.total), not this run's zero."""
+    out = tmp_path / "out"
+    assert gen(server, small_testdoc, out, "--pairs-per-1k", "4").exit_code == 0
+    sent = len(server.requests)
+    assert sent > 0
+    assert gen(server, small_testdoc, out, "--pairs-per-1k", "4").exit_code == 0
+    assert len(server.requests) == sent  # all replayed
+    assert f"- Requests: {sent};" in (out / "README.md").read_text(encoding="utf-8")
