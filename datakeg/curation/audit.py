@@ -77,6 +77,9 @@ def audit_dir(out, threshold: float, remove: bool = False, semantic=None) -> tup
     from pathlib import Path
 
     from datakeg.curation.leakage import find_leaks
+    import json
+
+    from datakeg.dataset import review_journal
     from datakeg.dataset.jsonl import load_rows, write_lines
     from datakeg.dataset.splits import SPLITS
     from datakeg.dataset.writers import merge, per_file_path, per_file_stems
@@ -90,7 +93,17 @@ def audit_dir(out, threshold: float, remove: bool = False, semantic=None) -> tup
     # items: (split, document, file, row index in file, merged line, question); merged order = stems order
     items = []
     reader = _QuestionReader()
-    if stems:
+    reviewed = stems and review_journal.journal_path(out).exists()
+    if reviewed:
+        # the rows the merged files hold: the review's rejections left out, its edits and restored
+        # pairs in (restored ones have no per-file row: index None); lines are the merged files'
+        merged, _ = review_journal.apply(out, stems)
+        order = {st: d for d, st in enumerate(stems)}
+        for sp in SPLITS:
+            for line, (st, k, raw, _pair, _chunk) in enumerate(merged[sp], 1):
+                path = per_file_path(out, st, sp)
+                items.append((sp, order[st], path, k, line, reader.question(path, line, json.loads(raw))))
+    elif stems:
         for sp in SPLITS:
             line = 0
             for d, st in enumerate(stems):
@@ -111,7 +124,8 @@ def audit_dir(out, threshold: float, remove: bool = False, semantic=None) -> tup
             "from them, so it would empty the merged files.",
             "Nothing was changed. Run without --remove to only report, or point it at an output folder of "
             "`datakeg generate`.")
-    items.sort(key=lambda t: (t[1], SPLITS.index(t[0]), t[3]))  # document, split, position
+    # document, split, position (a restored pair after its document's rows, as merge puts it)
+    items.sort(key=lambda t: (t[1], SPLITS.index(t[0]), t[3] if t[3] is not None else float("inf"), t[4]))
     leaks = find_leaks([t[5] for t in items], [t[0] for t in items], [t[1] for t in items], threshold,
                        semantic=semantic, duplicates=semantic is not None)
     hits = sorted((AuditHit(items[lk.index][0], items[lk.index][4], items[lk.index][5], items[lk.other][5],
@@ -121,6 +135,8 @@ def audit_dir(out, threshold: float, remove: bool = False, semantic=None) -> tup
     if remove and leaks:
         drop: dict[Path, set[int]] = {}
         for lk in leaks:
+            if items[lk.index][3] is None:  # a pair the review restored (after its own leakage check):
+                continue                     # no per-file row to take out; reject it in the review
             drop.setdefault(items[lk.index][2], set()).add(items[lk.index][3])
         for path, rows_out in drop.items():
             rows = load_rows(path)

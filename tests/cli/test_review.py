@@ -239,3 +239,27 @@ def test_apply_refreshes_the_taught_share_in_manifest_and_card(out):
     assert now["valid"] == truth["valid"] and now["valid"]["traced"] < before["traced"]
     card = (out / "README.md").read_text()
     assert f"valid {truth['valid']['share']:.0%} ({truth['valid']['taught']} of {truth['valid']['traced']})" in card
+
+
+def test_audit_sees_the_rows_the_review_left(out):
+    """`datakeg audit` audits the merged rows as the review left them: a rejected row is not
+    audited and does not shift the line numbers; a planted leak is reported at its line in
+    valid.jsonl, and --remove takes out exactly it."""
+    m = ReviewModel(out)
+    first_valid = m.listing(split="valid", kind="row")["ids"][0]
+    m.decide(first_valid, "reject", 0)
+    m.apply()
+    # plant a leak: a train question with a valid answer, at the end of the last document's valid file
+    stems = [f["output"] for f in json.loads((out / "manifest.json").read_text())["files"]]
+    train_q = rows(out / "train.jsonl")[0]["prompt"]
+    path = out / f"{stems[-1]}_valid.jsonl"
+    planted = dict(rows(path)[-1], prompt=train_q)
+    path.write_text(path.read_text() + json.dumps(planted) + "\n")
+    CliRunner().invoke(cli, ["merge", str(out)], catch_exceptions=False)
+    valid = [r["prompt"] for r in rows(out / "valid.jsonl")]
+    line = valid.index(train_q) + 1
+    r = CliRunner().invoke(cli, ["audit", str(out)])
+    assert r.exit_code == 1 and f"valid.jsonl line {line} [valid~train" in r.output, r.output
+    r = CliRunner().invoke(cli, ["audit", str(out), "--remove"])
+    assert r.exit_code == 0 and "removed 1 pair(s)" in r.output, r.output
+    assert [q for q in (r_["prompt"] for r_ in rows(out / "valid.jsonl"))] == [q for q in valid if q != train_q]
