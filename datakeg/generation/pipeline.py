@@ -80,6 +80,12 @@ class Generator:
         self.task = self.runner.task
         self.semantic = semantic
         self.refill = refill
+        self._refilled_before = 0  # replacements the previous run in OUT made (--refill)
+        try:
+            prev = json.loads((self.out / MANIFEST).read_text(encoding="utf-8")).get("review") or {}
+            self._refilled_before = int(prev.get("refill_removed") or 0)
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
         self._refill_report: dict | None = None
         self.lock = threading.Lock()
         self._last_manifest = 0.0
@@ -175,6 +181,10 @@ class Generator:
             # --refill: the review's rejected pairs go and their chunks ask again, before the audit
             # (so the replacements go through the 3-way leakage audit like every other pair)
             self._refill_report = self._refill_rejected(results, chunk_pool) if self.refill else None
+            if not self.refill and self._refilled_before:
+                self.cb.on_warning(f"the previous run in {self.out} replaced {self._refilled_before} pair(s) rejected "
+                                   "in review (--refill); this run, without --refill, leaves them out and asks for "
+                                   "no replacement: pass --refill to keep the replacements (replayed, no new cost)")
             audit = self._audit(results, chunk_pool) if audited else None
             self._paraphrase_report = self._paraphrase(results, chunk_pool) if self.settings.paraphrases else None
         except BaseException as exc:

@@ -152,3 +152,26 @@ def test_a_replacement_that_repeats_the_rejected_question_is_dropped(server, sma
     assert len(questions(out, "valid")) == target["valid"]
     dup = [x for x in rows(out / "rejects.jsonl") if x.get("reason") == "duplicate" and x.get("question") == question]
     assert dup and all(x["split"] == "valid" for x in dup)
+
+
+def test_a_run_without_refill_after_one_with_it_warns_and_refill_brings_them_back_for_free(server, small_testdoc,
+                                                                                           tmp_path):
+    out = tmp_path / "out"
+    assert gen(server, small_testdoc, out).exit_code == 0
+    target = json.loads((out / "manifest.json").read_text())["totals"]["target"]
+    m = ReviewModel(out)
+    m.decide(m.listing(split="train", kind="row")["ids"][0], "reject", 0)
+    assert gen(server, small_testdoc, out, "--refill").exit_code == 0
+    assert len(questions(out, "train")) == target["train"]
+    refilled = (out / "train.jsonl").read_text()
+    # a standalone merge keeps the manifest's refill counts (the files still hold the replacements)
+    assert CliRunner().invoke(cli, ["merge", str(out)]).exit_code == 0
+    assert json.loads((out / "manifest.json").read_text())["review"]["refilled"] == 1
+    seen = len(server.requests)
+    r = gen(server, small_testdoc, out)  # no --refill: back to the state without replacements, said so
+    assert r.exit_code == 0, r.output
+    assert len(questions(out, "train")) == target["train"] - 1
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    assert any("--refill" in w and "leaves them out" in w for w in warnings), warnings
+    assert gen(server, small_testdoc, out, "--refill").exit_code == 0
+    assert (out / "train.jsonl").read_text() == refilled and len(server.requests) == seen
