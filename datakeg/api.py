@@ -126,7 +126,7 @@ def _task(s: Settings):
 
 
 def generate(src, out, *, provider: str = "ollama", model: str | None = None, base_url: str | list[str] | None = None,
-             concurrency: int | None = None, fresh: bool = False, resume: bool = False,
+             concurrency: int | None = None, fresh: bool = False, resume: bool = False, refill: bool = False,
              callbacks: Callbacks | None = None, **settings) -> Result:
     """Generate train/valid/test pairs from the .md/.txt files under ``src`` into ``out``.
 
@@ -139,6 +139,10 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     fingerprint with the run recorded in OUT (same: resume; different: refuse unless ``resume``
     or ``fresh``), replays finished requests from the journal, runs the leakage audit, writes
     per-file outputs, merged files, ``rejects.jsonl`` and ``manifest.json``.
+
+    ``refill``: in an OUT that holds a run, the pairs rejected in ``datakeg review`` are replaced:
+    their chunk asks the model again for that many, avoiding the rejected questions (not part of the
+    run's fingerprint: OUT stays the same run; the journaled requests replay, only new ones are sent).
     """
     from datakeg.dataset.outdir import (
         OutputLock,
@@ -155,6 +159,9 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
     cb = RecordingCallbacks(callbacks)  # its warnings go into the manifest
     if resume and fresh:
         raise ConfigError("--resume and --fresh contradict each other; pass one of them.")
+    if refill and fresh:
+        raise ConfigError("--refill replaces rejected pairs of the run in OUT; --fresh forgets that run.",
+                          "Pass one of them.")
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
                                     or not 1 <= concurrency <= 1024):
         raise ConfigError(f"--concurrency must be a whole number from 1 to 1024, got {concurrency!r}.")
@@ -206,6 +213,9 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
                                "Choose an output folder you can write to.") from None
         refuse_foreign(out)  # before the lock writes anything into it
         with OutputLock(out):
+            if refill and not (out / ".datakeg" / "run.json").exists():  # outdir.STATE_DIR / RUN_FILE
+                raise ConfigError(f"--refill: {out} holds no datakeg run whose rejected pairs could be replaced.",
+                                  f"Run `datakeg generate SRC {out}` and `datakeg review {out}` first.")
             mode = prepare_out(out, fingerprint, fresh=fresh, resume=resume)
             remove_stale_temp_files(out)
             for doc in docs:
@@ -215,7 +225,7 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
             gen = Generator([p for p in provs if p is not judge], s, out, cb,
                             concurrency=concurrency or prov.default_concurrency,
                             limits=Limits(s.max_requests, s.max_tokens, s.max_cost), judge=judge,
-                            semantic=semantic, task=task)
+                            semantic=semantic, task=task, refill=refill)
             if mode == "resume" and len(gen.journal):
                 cb.on_message(f"resuming: {len(gen.journal)} finished request(s) in {out} will be reused")
             run = gen.run(the_plan, src)

@@ -91,7 +91,7 @@ def _load_config(ctx, _param, path):
         if lowered in _SECRET_NAMES or lowered.endswith(("_key", "_token", "_secret", "_password")):
             raise click.BadParameter(f"{key!r} looks like a secret; keys never go in the config file. Use the "
                                      "environment (OPENROUTER_API_KEY, OPENAI_API_KEY).", param_hint="--config")
-        if name not in names or name in ("dry_run", "fresh", "resume", "quiet", "verbose"):
+        if name not in names or name in ("dry_run", "fresh", "resume", "refill", "quiet", "verbose"):
             raise click.BadParameter(f"unknown key {key!r} in {path}", param_hint="--config")
         if name == "base_url" and isinstance(value, str):
             value = [value]  # one server, or a list of them
@@ -173,6 +173,9 @@ class _ProviderChoice(click.ParamType):
 @click.option("--resume", is_flag=True, help="Reuse OUT even when its run had different settings (only the "
               "requests that still match are reused). A rerun with the same settings resumes by itself.")
 @click.option("--fresh", is_flag=True, help="Forget the run recorded in OUT and start over.")
+@click.option("--refill", is_flag=True, help="Replace the pairs rejected in `datakeg review OUT`: their chunk asks "
+              "the model again for that many, avoiding the rejected questions (gates and leakage audit as usual). "
+              "Finished requests are replayed; only the new ones are sent. Not a setting: OUT stays the same run.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
               expose_value=False, callback=_load_config,
               help="TOML file with any of these options (flags override it). See `datakeg init-config`.")
@@ -181,7 +184,8 @@ class _ProviderChoice(click.ParamType):
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (errors are still shown).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show what third-party libraries print (transformers and "
               "huggingface_hub progress bars, logging and warnings), hidden by default.")
-def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dry_run, quiet, verbose, **settings):
+def generate(src, out, provider, model, base_url, concurrency, resume, fresh, refill, dry_run, quiet, verbose,
+             **settings):
     """Generate train/valid/test question-answer pairs from the .md/.txt files under SRC into OUT.
 
     \b
@@ -204,6 +208,7 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
       datakeg generate ./docs ./out --judge-model qwen2.5:7b --paraphrases 2   # curate, and teach facts
       datakeg generate ./docs ./out --task conversation                # 3-turn chat rows (see `datakeg tasks`)
       datakeg generate ./docs ./out --task mytask.toml                 # your instructions, kinds, audiences
+      datakeg generate ./docs ./out --refill                           # replace the pairs review rejected
     """
     import datakeg
 
@@ -220,7 +225,8 @@ def generate(src, out, provider, model, base_url, concurrency, resume, fresh, dr
     reporter = make_reporter(quiet, settings.get("batch_size") or 15)
     try:
         result = datakeg.generate(src, out, provider=provider, model=model, base_url=list(base_url) or None,
-                                  concurrency=concurrency, fresh=fresh, resume=resume, callbacks=reporter,
+                                  concurrency=concurrency, fresh=fresh, resume=resume, refill=refill,
+                                  callbacks=reporter,
                                   **settings)
     finally:
         reporter.close()

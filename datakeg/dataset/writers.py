@@ -106,6 +106,11 @@ def write_review_counts(out: Path, review: dict[str, int]) -> None:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    if isinstance(data, dict) and data.get("review") != review:
+    if not isinstance(data, dict):
+        return
+    old = data.get("review") if isinstance(data.get("review"), dict) else {}
+    # what `generate --refill` did still describes the files (merge does not undo it)
+    review = {**{k: old[k] for k in ("refill_removed", "refilled") if k in old}, **review}
+    if data.get("review") != review:
         data["review"] = review
         atomic_write_json(manifest, data)

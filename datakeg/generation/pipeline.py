@@ -61,9 +61,10 @@ class Generator:
 
     def __init__(self, provider: Provider | list[Provider], settings: Settings, out: Path,
                  callbacks: Callbacks | None = None, concurrency: int = 1, limits: Limits | None = None,
-                 judge: Provider | None = None, semantic=None, task=None):
+                 judge: Provider | None = None, semantic=None, task=None, refill: bool = False):
         """``provider``: one provider, or one per endpoint (same model); ``concurrency`` is per endpoint;
-        ``semantic``: a :class:`datakeg.curation.semantic.SemanticModel` for ``--semantic-dedupe``."""
+        ``semantic``: a :class:`datakeg.curation.semantic.SemanticModel` for ``--semantic-dedupe``;
+        ``refill``: pairs the review rejected are replaced (see :meth:`_refill_rejected`)."""
         self.providers = provider if isinstance(provider, list) else [provider]
         self.provider = self.providers[0]
         self.settings = settings
@@ -78,6 +79,14 @@ class Generator:
         self.runner = DocumentRunner(self.caller, settings, self.cb, judge, task)
         self.task = self.runner.task
         self.semantic = semantic
+        self.refill = refill
+        self._refilled_before = 0  # replacements the previous run in OUT made (--refill)
+        try:
+            prev = json.loads((self.out / MANIFEST).read_text(encoding="utf-8")).get("review") or {}
+            self._refilled_before = int(prev.get("refill_removed") or 0)
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+        self._refill_report: dict | None = None
         self.lock = threading.Lock()
         self._last_manifest = 0.0
         self._audit_changed: set[int] = set()  # documents the leakage audit changed
@@ -169,6 +178,13 @@ class Generator:
             for f in [doc_pool.submit(one, k, priority=self.runner.priority(plan.docs[k], "train"))
                       for k in range(len(plan.docs))]:
                 f.result()
+            # --refill: the review's rejected pairs go and their chunks ask again, before the audit
+            # (so the replacements go through the 3-way leakage audit like every other pair)
+            self._refill_report = self._refill_rejected(results, chunk_pool) if self.refill else None
+            if not self.refill and self._refilled_before:
+                self.cb.on_warning(f"the previous run in {self.out} replaced {self._refilled_before} pair(s) rejected "
+                                   "in review (--refill); this run, without --refill, leaves them out and asks for "
+                                   "no replacement: pass --refill to keep the replacements (replayed, no new cost)")
             audit = self._audit(results, chunk_pool) if audited else None
             self._paraphrase_report = self._paraphrase(results, chunk_pool) if self.settings.paraphrases else None
         except BaseException as exc:
@@ -217,6 +233,8 @@ class Generator:
             except (OSError, ValueError, AttributeError):
                 applied = None
             manifest["review"] = applied or summary(self.out)
+        if self._refill_report is not None:
+            manifest["review"] = {**(manifest.get("review") or {}), **self._refill_report}
         # how many valid/test questions a train pair of their chunk teaches (datakeg.curation.taught)
         manifest["taught"] = manifest_entry(taught_share(self.out))
         if self._paraphrase_report is not None:
@@ -232,8 +250,85 @@ class Generator:
         return RunResult(manifest, self.stats)
 
     def _rejects(self, results: list[DocResult | None]) -> list[Reject]:
-        return ([r for res in results if res is not None for r in res.rejects] + list(self._audit_rejects)
-                + list(self._paraphrase_rejects))
+        return ([r for res in results if res is not None for r in res.rejects] + list(self._refill_rejects)
+                + list(self._audit_rejects) + list(self._paraphrase_rejects))
+
+    # -- --refill: replacements for the pairs the review rejected -------------------------------
+    _refill_rejects: list[Reject] = []
+
+    def _refill_rejected(self, results: list[DocResult], pool: PriorityPool) -> dict:
+        """Pairs rejected in ``datakeg review`` (their identity: split, document, original question,
+        see :mod:`datakeg.dataset.review_journal`) are removed from their chunk and split, which then
+        asks again for that many pairs like the leakage audit's backfill: spares first, then requests
+        told to avoid the rejected questions (pinned in the avoid list), whose new pairs are checked
+        by the gates against the document's questions *and every rejected question of the document*
+        (one near a rejected question is dropped as a duplicate), then the round's pass between
+        chunks. Everything is deterministic, so the journal replays it on the next run: a second
+        ``--refill`` asks for nothing new. Returns the manifest's ``review`` counts ``refill_removed``
+        and ``refilled`` (replacements delivered)."""
+        from datakeg.dataset.provenance import pair_id
+        from datakeg.dataset.review_journal import states
+
+        self._refill_rejects = []
+        rejected = {pid for pid, st in states(self.out).items() if st.get("status") == "rejected"}
+        removed: dict[tuple[int, int, str], list[str]] = {}
+        if rejected:
+            for k, res in enumerate(results):
+                for i, slot in enumerate(res.slots):
+                    for sp in SPLITS:
+                        keep = []
+                        for p in slot[sp].pairs:
+                            if pair_id(sp, res.plan.doc.relpath, p.question) in rejected:
+                                removed.setdefault((k, i, sp), []).append(p.question)
+                                self._refill_rejects.append(Reject(
+                                    "dropped_pair", reason="review_rejected", source=res.plan.doc.relpath,
+                                    chunk=res.plan.chunks[i].index, split=sp, question=p.question,
+                                    answer=p.answer))
+                            else:
+                                keep.append(p)
+                        slot[sp].pairs = keep
+        if not removed:
+            return {"refill_removed": 0, "refilled": 0}
+        before = {key: len(results[key[0]].slots[key[1]][key[2]].pairs) for key in removed}
+        by_doc: dict[int, list[str]] = {}
+        for (k, _, _), qs in sorted(removed.items()):
+            by_doc.setdefault(k, []).extend(qs)
+
+        def avoid(k: int, i: int, sp: str) -> list[str]:  # this slot's rejected questions first (pinned)
+            own = removed.get((k, i, sp), [])
+            return own + [q for q in by_doc[k] if q not in own]
+
+        with self.lock:
+            self._audit_changed.update(by_doc)  # a stop writes them as they stand
+            for k in sorted(by_doc):
+                self._write_document(results[k])
+        for k, i, sp in sorted(removed):  # spares first (--spares): no request
+            res = results[k]
+            mine = [p.question for s2 in SPLITS for p in res.slots[i][s2].pairs]
+            self.runner.promote(res, i, sp, self.runner.gate(self.runner.others(res, i, SPLITS) + mine
+                                                             + avoid(k, i, sp)))
+        snapshot = {(k, i): self.runner.others(results[k], i, SPLITS) for (k, i, _) in removed}
+        start = max(res.chain for res in results)
+
+        def refill_chunk(k: int, i: int, start=start) -> None:  # a chunk's splits in split order
+            for sp in SPLITS:
+                if (k, i, sp) in removed:
+                    results[k].wait_for(i, sp, start)
+                    self.runner.refill(results[k], i, sp, avoid(k, i, sp), self.settings.max_attempts,
+                                       snapshot[(k, i)])
+                    start = results[k].slots[i][sp].chain
+
+        for f in [pool.submit(refill_chunk, k, i) for (k, i) in sorted({(k, i) for k, i, _ in removed})]:
+            f.result()
+        for k, sp in sorted({(k, sp) for k, _, sp in removed}):  # chunks that refilled side by side
+            self.runner.reconcile(results[k], sp, pool, after=max(res.chain for res in results))
+        with self.lock:
+            for k in sorted(by_doc):
+                self._write_document(results[k])
+        refilled = sum(max(0, len(results[k].slots[i][sp].pairs) - before[(k, i, sp)]) for k, i, sp in removed)
+        n = sum(len(v) for v in removed.values())
+        self.cb.on_message(f"--refill: {n} pair(s) rejected in review removed, {refilled} replacement(s) generated")
+        return {"refill_removed": n, "refilled": refilled}
 
     # -- paraphrased train questions ------------------------------------------------------
     _paraphrase_rejects: list[Reject] = []
