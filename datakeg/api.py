@@ -176,6 +176,13 @@ def generate(src, out, *, provider: str = "ollama", model: str | None = None, ba
         urls = [None]
     if len({u.rstrip("/") if isinstance(u, str) else u for u in urls}) != len(urls):
         raise ConfigError("the same --base-url is given twice", "Give each model server once.")
+    if provider == "local" and s.held_out == "taught":
+        # the offline model's few-shot prompt carries no list of facts to ask about: every held-out
+        # pair would be dropped as untaught and asked again until --max-attempts
+        raise ConfigError("the offline model (--provider local) cannot follow --held-out taught: it writes pairs from "
+                          "a few-shot prompt of its own, without the list of train answers to ask about.",
+                          "Use an instruct model (Ollama, an OpenAI-compatible server, OpenRouter), or leave out "
+                          "--held-out taught.")
     if provider == "local" and task.sha256 != load_task().sha256:
         # the offline base model cannot follow instructions: it writes pairs from few-shot examples
         if task.turns > 1 or task.kinds:

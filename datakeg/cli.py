@@ -40,6 +40,12 @@ class DatakegGroup(click.Group):
             click.echo("\nInterrupted. Every finished request is saved; run the same command again to resume "
                        "where it stopped.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # the reader went away (`datakeg audit OUT | head`): nothing to tell it; the work was done
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            ctx.exit(141)
         except OSError as exc:
             # disk full, read-only folder, ...: one clear line, not a chain of tracebacks
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

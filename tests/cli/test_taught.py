@@ -124,3 +124,15 @@ def test_held_out_taught_warns_about_chunks_without_train_pairs(tmp_path):
     assert not any("--held-out taught" in w for w in thick.warnings)
     plain = make_plan(docs, skipped, Settings.build(pairs_per_1k=1.5, chunk_size=1500))
     assert not any("--held-out taught" in w for w in plain.warnings)
+
+
+def test_the_offline_model_refuses_held_out_taught(tmp_path):
+    """The offline model's few-shot prompt cannot carry the train answers: refused before any work."""
+    from click.testing import CliRunner
+
+    from datakeg.cli import cli
+
+    r = CliRunner().invoke(cli, ["generate", str(TESTDOC / "guide"), str(tmp_path / "o"), "-p", "local",
+                                 "--held-out", "taught", "-q"])
+    assert r.exit_code == 2 and "cannot follow --held-out taught" in r.output
+    assert not (tmp_path / "o").exists()
