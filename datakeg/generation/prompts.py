@@ -93,8 +93,8 @@ def build_messages(*, source: str, breadcrumb: str, chunk: str, count: int, spli
         example=example, turns=task.turns, kinds=[dict(k) for k in kinds], audience=audience,
         style={"min_words": task.min_words, "max_words": task.max_words, "quote_commands": task.quote_commands},
         examples=[dict(e) for e in task.examples])
-    if taught:
-        text += "\n" + "\n".join(taught_block(taught, split))
+    if taught:  # after the task's text, whatever the task; the reply format stays the last instruction
+        text += "\n" + "\n".join(taught_block(taught, split)) + f"\n\nReply with only a JSON object with the fields {fields}."
     messages = [{"role": "user", "content": text}]
     return ([{"role": "system", "content": task.system}] if task.system else []) + messages
 
