@@ -613,3 +613,29 @@ def test_a_failed_merged_save_leaves_the_previous_folders_and_no_temp_folder(sma
     assert {name: _tree(out / name) for name in ("adapter", "merged")} == saved
     assert (out / "finetune.json").read_bytes() == result_file and json.loads(result_file)["steps"] == first["steps"]
     assert leftovers(out) == []
+
+
+def test_ollama_export_is_written_whole_or_not_at_all(small_models, tmp_path, monkeypatch):
+    """With a GGUF converter (a stand-in script run the way llama.cpp's is), the Modelfile's FROM names
+    the GGUF at its final place; a converter that fails after writing part of its file leaves the
+    previous export byte for byte and no temporary folder."""
+    from datakeg.training.ollama_export import export_ollama
+
+    llama_cpp = tmp_path / "llama.cpp"
+    llama_cpp.mkdir()
+    (llama_cpp / "convert_hf_to_gguf.py").write_text(
+        "import os, sys\nout = sys.argv[sys.argv.index('--outfile') + 1]\n"
+        "open(out, 'wb').write(b'GGUF' + os.environ.get('FAKE_GGUF', 'x').encode())\n"
+        "sys.exit(1 if os.environ.get('FAKE_GGUF_FAIL') else 0)\n")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(llama_cpp))
+    dest = tmp_path / "ft" / "ollama"
+    exp = export_ollama(small_models["chatml-fallback"], dest, "tallyho:v1")
+    modelfile = (dest / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM {dest / 'tallyho-v1.gguf'}\n") and exp["from"] == str(dest / "tallyho-v1.gguf")
+    assert (dest / "tallyho-v1.gguf").read_bytes() == b"GGUFx"
+    before = _tree(dest)
+    monkeypatch.setenv("FAKE_GGUF", "half")
+    monkeypatch.setenv("FAKE_GGUF_FAIL", "1")
+    with pytest.raises(Exception, match="returned non-zero exit status 1"):
+        export_ollama(small_models["chatml-fallback"], dest, "tallyho:v1")
+    assert _tree(dest) == before and sorted(p.name for p in dest.parent.iterdir()) == ["ollama"]
