@@ -687,12 +687,18 @@ def validate(target, dedupe_threshold, require_all_splits):
               help="Write a checkpoint every N steps (and at the end of each epoch); 0: at epoch ends only.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in OUTPUT/checkpoints "
               "(adapter, optimizer, scheduler, step) after an interruption; same data and options.")
+@click.option("--force", is_flag=True, help="Write into a non-empty OUTPUT folder that finetune did not write: "
+              "adapter/, merged/, checkpoints/, ollama/ and finetune.json replace entries of the same names; "
+              "nothing else there is touched.")
 @click.option("--export-ollama", "ollama_name", metavar="NAME", help="Also write OUTPUT/ollama/Modelfile and print "
               "the `ollama create NAME` command.")
 def finetune(data, base_model, backend, output, epochs, batch_size, learning_rate, lora_rank, lora_alpha,
-             lora_dropout, max_length, system_message, seed, gradient_checkpointing, save_every, resume, ollama_name):
+             lora_dropout, max_length, system_message, seed, gradient_checkpointing, save_every, resume, force,
+             ollama_name):
     """LoRA fine-tune BASE_MODEL on DATA/train.jsonl (validated on valid.jsonl), write the adapter and
-    the merged model, and optionally an Ollama Modelfile.
+    the merged model, and optionally an Ollama Modelfile. Each folder is written beside its final name
+    and renamed into place (an interrupted save leaves the previous one or none); a non-empty OUTPUT
+    that finetune did not write is refused unless --force.
 
     \b
     Examples:
@@ -716,7 +722,7 @@ def finetune(data, base_model, backend, output, epochs, batch_size, learning_rat
                            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lora_rank=lora_rank,
                            lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_length=max_length,
                            system_message=system_message, seed=seed, gradient_checkpointing=gradient_checkpointing,
-                           save_every=save_every, resume=resume)
+                           save_every=save_every, resume=resume, force=force)
 
     def clock(seconds):
         seconds = round(seconds)

@@ -82,10 +82,53 @@ def load_splits(opts: FinetuneOptions) -> tuple[list, list]:
     return train, valid
 
 
+MARK = ".datakeg/finetune.json"  # inside OUTPUT: written by datakeg finetune before it writes anything else
+RESULT = "finetune.json"
+FINAL_FOLDERS = ("adapter", "merged", "ollama")
+
+
+def check_output(opts: FinetuneOptions) -> None:
+    """OUTPUT must be new, empty, or a folder datakeg finetune wrote (its mark, or the finetune.json of
+    a run from before the mark existed), unless ``opts.force``. Checked before anything is written."""
+    from datakeg.dataset.outdir import refuse_foreign
+
+    out = Path(opts.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; finetune writes a folder there.", "Choose a folder name for -o/--output.")
+    if not opts.force:
+        refuse_foreign(out, marks=(MARK, RESULT),
+                       hint="Choose a new or empty folder for -o/--output, or pass --force to write adapter/, "
+                            "merged/, checkpoints/ and finetune.json there (each replaces an entry of the same "
+                            "name; nothing else is touched).")
+
+
+def mark_output(opts: FinetuneOptions) -> None:
+    """Record in OUTPUT that datakeg finetune writes it (so a rerun or --resume is not refused), and
+    clear the temporary folders a killed save left there."""
+    import json
+    import time
+
+    from datakeg.dataset.atomic import atomic_write_text
+    from datakeg.training.shared import remove_stale_dirs
+
+    out = Path(opts.output)
+    record = {"command": "finetune", "data": str(opts.data), "base_model": opts.base_model,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write_text(out / MARK, [json.dumps(record, indent=2) + "\n"])
+    remove_stale_dirs(out, FINAL_FOLDERS)
+    remove_stale_dirs(out / "checkpoints", ("step-*", "best"))
+
+
 def finetune(opts: FinetuneOptions, progress=lambda event: None) -> dict:
-    """Train and write OUTPUT/adapter and OUTPUT/merged. Returns a summary (also OUTPUT/finetune.json)."""
+    """Train and write OUTPUT/adapter and OUTPUT/merged. Returns a summary (also OUTPUT/finetune.json).
+
+    OUTPUT must be new, empty or written by an earlier finetune (else ``opts.force``); adapter/,
+    merged/ and finetune.json are each written beside their final name and renamed into place."""
     import json
 
+    from datakeg.dataset.atomic import atomic_write_text
+
+    check_output(opts)
     backend = pick_backend(opts.backend)
     train, valid = load_splits(opts)
     if backend == "torch":
@@ -94,9 +137,9 @@ def finetune(opts: FinetuneOptions, progress=lambda event: None) -> dict:
         from datakeg.training.mlx_backend import train_mlx as run
     else:
         raise ConfigError(f"unknown --backend {backend!r}", "Choose auto, mlx or torch.")
+    mark_output(opts)
     result = run(opts, train, valid, progress)
     result = {"backend": backend, "options": opts.to_dict(), "train_rows": len(train), "valid_rows": len(valid),
               **result}
-    Path(opts.output).mkdir(parents=True, exist_ok=True)
-    (Path(opts.output) / "finetune.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    atomic_write_text(Path(opts.output) / RESULT, [json.dumps(result, indent=2)])
     return result

@@ -27,11 +27,13 @@ import shutil
 import time
 from pathlib import Path
 
+from datakeg.dataset.atomic import atomic_write_text
 from datakeg.errors import DatakegError
 from datakeg.support.chat_template import ensure_chat_template
 from datakeg.training.options import MLX_HINT, FinetuneOptions
 from datakeg.training.shared import (
     atomic_dir,
+    atomic_dirs,
     check_lengths,
     check_resumable,
     copy_tokenizer_files,
@@ -212,16 +214,20 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
     seconds = time.perf_counter() - started
 
     progress({"event": "save", "message": f"saving the adapter and fusing it into {out / 'merged'}"})
-    write_adapter(out / "adapter")
-    fused = [(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "fuse")]
-    if fused:
-        model.update_modules(tree_unflatten(fused))
-    save(out / "merged", opts.base_model, model, tokenizer, config, donate_model=False)
-    copy_tokenizer_files(Path(opts.base_model), out / "merged")
+    def write_merged(tmp: Path) -> None:
+        fused = [(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "fuse")]  # after the adapter
+        if fused:
+            model.update_modules(tree_unflatten(fused))
+        save(tmp, opts.base_model, model, tokenizer, config, donate_model=False)
+        copy_tokenizer_files(Path(opts.base_model), tmp)
+
+    # both written beside their final names, then renamed into place: never half a folder, and a
+    # failed merged save leaves the previous adapter/ too
+    atomic_dirs([(out / "adapter", write_adapter), (out / "merged", write_merged)])
     best_info = {"step": best["step"], "val_loss": best["val_loss"],
                  "adapter": str(ckpt_root / "best" / "adapter") if best["step"] else None}
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    (ckpt_root / "best.json").write_text(json.dumps(best_info, indent=2), encoding="utf-8")
+    atomic_write_text(ckpt_root / "best.json", [json.dumps(best_info, indent=2)])
     done_now = step - first_step
     return {
         "device": device, "dtype": str(next(v for _, v in tree_flatten(model.parameters())).dtype).split(".")[-1],

@@ -68,28 +68,36 @@ def export_ollama(merged: Path, dest: Path, name: str, system_message: str | Non
     """Write DEST/Modelfile for the merged model; with llama.cpp's converter available (env
     LLAMA_CPP_DIR or convert_hf_to_gguf.py on PATH) also a GGUF, which Ollama imports for any
     architecture; otherwise FROM points at the safetensors folder (Ollama imports those for the
-    architectures it supports: Llama, Mistral, Gemma, Phi-3, Qwen2)."""
+    architectures it supports: Llama, Mistral, Gemma, Phi-3, Qwen2).
+
+    DEST is written whole into a temporary sibling and renamed into place (replacing an earlier
+    export): an interrupted export leaves the previous DEST or none, never a Modelfile without its GGUF."""
     import os
 
+    from datakeg.training.shared import atomic_dir
+
     merged, dest = Path(merged).resolve(), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     family = chat_family(merged)
     template, stops = TEMPLATES[family]
-    source = merged
     converter = shutil.which("convert_hf_to_gguf.py")
     if os.environ.get("LLAMA_CPP_DIR"):
         candidate = Path(os.environ["LLAMA_CPP_DIR"]) / "convert_hf_to_gguf.py"
         converter = str(candidate) if candidate.exists() else converter
-    if converter:
-        gguf = dest / f"{name.replace(':', '-').replace('/', '-')}.gguf"
-        subprocess.run(["python", converter, str(merged), "--outfile", str(gguf), "--outtype", "f16"], check=True)
-        source = gguf
+    gguf_name = f"{name.replace(':', '-').replace('/', '-')}.gguf"
+    source = dest / gguf_name if converter else merged  # where FROM points once DEST is in place
     lines = [f"FROM {source}", f'TEMPLATE """{template}"""']
     lines += [f'PARAMETER stop "{s}"' for s in stops]
     lines += ["PARAMETER temperature 0.2"]
     if system_message:
         lines.append(f'SYSTEM """{system_message}"""')
+
+    def write(tmp: Path) -> None:
+        if converter:
+            subprocess.run(["python", converter, str(merged), "--outfile", str(tmp / gguf_name), "--outtype", "f16"],
+                           check=True)
+        (tmp / "Modelfile").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    atomic_dir(dest, write)
     modelfile = dest / "Modelfile"
-    modelfile.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"modelfile": str(modelfile), "family": family, "from": str(source),
             "command": f"ollama create {name} -f {modelfile}"}

@@ -27,6 +27,7 @@ class FinetuneOptions:
     gradient_checkpointing: bool | None = None  # default: on with CUDA, or when the memory estimate needs it
     save_every: int = 50  # checkpoint every N steps (and at the end of each epoch); 0: epochs only
     resume: bool = False  # continue from OUTPUT/checkpoints' newest checkpoint
+    force: bool = False  # write into a non-empty OUTPUT that datakeg finetune did not write
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

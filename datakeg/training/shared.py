@@ -117,18 +117,60 @@ def check_resumable(checkpoint: Path, state: dict, total_steps: int, train_rows:
 
 
 def atomic_dir(dest: Path, write) -> None:
-    """DEST replaced by what WRITE puts in a fresh folder, in one rename."""
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = dest.with_name(dest.name + f".old{os.getpid()}")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old.exists():
-        shutil.rmtree(old)
+    """DEST replaced by what WRITE puts in a fresh sibling folder (``DEST.tmp<pid>``), in one rename:
+    an interrupted write leaves the previous DEST (or none), never half a folder. On any error
+    (Ctrl+C included) the temporary folder is removed and DEST is left as it was. A process killed
+    outright leaves its temporary folder, which :func:`remove_stale_dirs` clears on the next run."""
+    atomic_dirs([(dest, write)])
+
+
+def atomic_dirs(items) -> None:
+    """:func:`atomic_dir` for several (DEST, WRITE) pairs: every WRITE runs (in order) into its
+    temporary folder first, and only when all have succeeded is each DEST renamed into place, so an
+    error in any of them leaves every DEST as it was."""
+    pid = os.getpid()
+    staged = []
+    try:
+        for dest, write in items:
+            dest = Path(dest)
+            tmp = dest.with_name(dest.name + f".tmp{pid}")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            staged.append((dest, tmp))
+            write(tmp)
+    except BaseException:
+        for _, tmp in staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for dest, tmp in staged:
+        old = dest.with_name(dest.name + f".old{pid}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old.exists():
+            shutil.rmtree(old)
+
+
+def remove_stale_dirs(folder: Path, names: tuple[str, ...]) -> None:
+    """The ``NAME.tmp<pid>`` / ``NAME.old<pid>`` folders :func:`atomic_dir` leaves when its process is
+    killed mid-save, for NAME in NAMES (``*`` patterns allowed), directly inside FOLDER: a temporary
+    folder is removed; a previous version whose replacement never arrived is put back as NAME."""
+    import re
+
+    pattern = re.compile(r"(.+)\.(tmp|old)\d+")
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in sorted(folder.iterdir()):
+        m = pattern.fullmatch(p.name)
+        if not (m and p.is_dir() and not p.is_symlink() and any(Path(m.group(1)).match(n) for n in names)):
+            continue
+        target = folder / m.group(1)
+        if m.group(2) == "old" and not target.exists():
+            os.replace(p, target)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def prune_checkpoints(root: Path, backend: str, keep: int = 2) -> None:

@@ -20,11 +20,13 @@ import shutil
 import time
 from pathlib import Path
 
+from datakeg.dataset.atomic import atomic_write_text
 from datakeg.errors import ConfigError, DatakegError
 from datakeg.support.chat_template import ensure_chat_template
 from datakeg.training.options import TORCH_HINT, FinetuneOptions
 from datakeg.training.shared import (
     atomic_dir,
+    atomic_dirs,
     check_lengths,
     check_resumable,
     copy_tokenizer_files,
@@ -263,16 +265,24 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
     peak = torch.cuda.max_memory_allocated() / GIB if cuda else None
 
     progress({"event": "save", "message": f"saving the adapter and the merged model under {out}"})
-    model.save_pretrained(out / "adapter")
-    tokenizer.save_pretrained(out / "adapter")
-    merged = model.merge_and_unload()
-    merged.save_pretrained(out / "merged", safe_serialization=True)
-    tokenizer.save_pretrained(out / "merged")
-    copy_tokenizer_files(Path(opts.base_model), out / "merged")
+
+    def write_adapter(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    def write_merged(tmp: Path) -> None:
+        merged = model.merge_and_unload()  # after the adapter was saved
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        copy_tokenizer_files(Path(opts.base_model), tmp)
+
+    # both written beside their final names, then renamed into place: never half a folder, and a
+    # failed merged save leaves the previous adapter/ too
+    atomic_dirs([(out / "adapter", write_adapter), (out / "merged", write_merged)])
     best_info = {"step": best["step"], "val_loss": best["val_loss"],
                  "adapter": str(ckpt_root / "best" / "adapter") if best["step"] else None}
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (ckpt_root / "best.json").write_text(json.dumps(best_info, indent=2), encoding="utf-8")
+    atomic_write_text(ckpt_root / "best.json", [json.dumps(best_info, indent=2)])
     done_now = step - first_step
     return {
         "device": device, "dtype": str(dtype).replace("torch.", ""), "gradient_checkpointing": bool(checkpointing),

@@ -525,3 +525,117 @@ def test_mlx_resume_refusals_come_before_training(small_models, dataset, tmp_pat
     result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "mlx", "--epochs", "2", "--resume"))
     assert result.exit_code == 2 and "was written by a run with" in result.output
     assert "step 1/" not in result.output  # no step was trained
+
+
+# --------------------------------------------------------------------------- OUTPUT ownership, atomic saves
+def _tree(folder):
+    """Every file under FOLDER with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_finetune_refuses_a_foreign_output_unless_forced(small_models, dataset, tmp_path):
+    model_dir = small_models["chatml-fallback"]
+    out = tmp_path / "theirs"
+    (out / "merged").mkdir(parents=True)
+    (out / "notes.txt").write_text("my notes")
+    (out / "merged" / "weights.bin").write_bytes(b"someone else's model")
+    before = _tree(out)
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "torch", "--epochs", "1"))
+    assert result.exit_code == 2, result.output
+    assert "is not empty and was not written by datakeg" in result.output and "--force" in result.output
+    assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == ["merged", "notes.txt"]
+    assert "loading" not in result.output  # refused before the model was loaded
+    # --force: finetune's folders replace those of the same name, the rest stays
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "torch", "--epochs", "1", "--force"))
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert not (out / "merged" / "weights.bin").exists() and (out / "merged" / "config.json").exists()
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "finetune.json").exists()
+    assert json.loads((out / ".datakeg" / "finetune.json").read_text())["command"] == "finetune"
+    # a rerun into its own OUTPUT needs no --force, nor does --resume; a temp folder a killed save
+    # left is cleared, a previous version whose replacement never arrived is put back
+    (out / "merged.tmp99999").mkdir()
+    (out / "merged.tmp99999" / "model.safetensors").write_bytes(b"half")
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "torch", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    assert not (out / "merged.tmp99999").exists()
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "torch", "--epochs", "1", "--resume"))
+    assert result.exit_code == 0 and "resuming from" in result.output, result.output
+    (out / "adapter").rename(out / "adapter.old99999")
+    result = CliRunner().invoke(cli, _ft(dataset, model_dir, out, "torch", "--epochs", "1", "--resume"))
+    assert result.exit_code == 0, result.output
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name or ".old" in p.name]
+
+
+def test_a_failed_merged_save_leaves_the_previous_folders_and_no_temp_folder(small_models, dataset, tmp_path,
+                                                                             monkeypatch):
+    """A save that dies half-way (a partial file written, then an error, as a full disk would) leaves
+    no merged/ in a new OUTPUT, and in an OUTPUT with an earlier run its adapter/, merged/ and
+    finetune.json byte for byte; no temporary folder stays behind either way."""
+    import transformers
+
+    from datakeg.training.finetune import finetune
+    from datakeg.training.options import FinetuneOptions
+
+    real_save = transformers.PreTrainedModel.save_pretrained
+
+    def failing_save(self, save_directory, *args, **kwargs):
+        from pathlib import Path
+
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        (Path(save_directory) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    def opts(out, seed):
+        return FinetuneOptions(data=dataset, base_model=str(small_models["chatml-fallback"]), output=out,
+                               backend="torch", epochs=1, batch_size=2, max_length=1024, seed=seed)
+
+    def leftovers(out):
+        return [str(p.relative_to(out)) for p in out.rglob("*") if ".tmp" in p.name or ".old" in p.name]
+
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        finetune(opts(fresh, 0))
+    assert not (fresh / "merged").exists() and not (fresh / "adapter").exists()
+    assert not (fresh / "finetune.json").exists() and leftovers(fresh) == []
+
+    out = tmp_path / "ft"
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", real_save)
+    first = finetune(opts(out, 0))
+    saved = {name: _tree(out / name) for name in ("adapter", "merged")}
+    result_file = (out / "finetune.json").read_bytes()
+    assert (out / "merged" / "model.safetensors").stat().st_size > 1000
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        finetune(opts(out, 1))  # another seed: a different adapter, had it been saved
+    assert {name: _tree(out / name) for name in ("adapter", "merged")} == saved
+    assert (out / "finetune.json").read_bytes() == result_file and json.loads(result_file)["steps"] == first["steps"]
+    assert leftovers(out) == []
+
+
+def test_ollama_export_is_written_whole_or_not_at_all(small_models, tmp_path, monkeypatch):
+    """With a GGUF converter (a stand-in script run the way llama.cpp's is), the Modelfile's FROM names
+    the GGUF at its final place; a converter that fails after writing part of its file leaves the
+    previous export byte for byte and no temporary folder."""
+    from datakeg.training.ollama_export import export_ollama
+
+    llama_cpp = tmp_path / "llama.cpp"
+    llama_cpp.mkdir()
+    (llama_cpp / "convert_hf_to_gguf.py").write_text(
+        "import os, sys\nout = sys.argv[sys.argv.index('--outfile') + 1]\n"
+        "open(out, 'wb').write(b'GGUF' + os.environ.get('FAKE_GGUF', 'x').encode())\n"
+        "sys.exit(1 if os.environ.get('FAKE_GGUF_FAIL') else 0)\n")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(llama_cpp))
+    dest = tmp_path / "ft" / "ollama"
+    exp = export_ollama(small_models["chatml-fallback"], dest, "tallyho:v1")
+    modelfile = (dest / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM {dest / 'tallyho-v1.gguf'}\n") and exp["from"] == str(dest / "tallyho-v1.gguf")
+    assert (dest / "tallyho-v1.gguf").read_bytes() == b"GGUFx"
+    before = _tree(dest)
+    monkeypatch.setenv("FAKE_GGUF", "half")
+    monkeypatch.setenv("FAKE_GGUF_FAIL", "1")
+    with pytest.raises(Exception, match="returned non-zero exit status 1"):
+        export_ollama(small_models["chatml-fallback"], dest, "tallyho:v1")
+    assert _tree(dest) == before and sorted(p.name for p in dest.parent.iterdir()) == ["ollama"]
