@@ -9,7 +9,8 @@ All deterministic and cheap (no model is asked), checked in this order:
 * ``echo``: the answer adds nothing to the question (no content of its own beyond the question's
   words) or carries no fact at all;
 * ``duplicate``: the question is an exact or near duplicate (rapidfuzz, 0-100 scale) of one
-  already accepted for the document in any split, or of another question in the same reply;
+  already accepted for the document in any split, or of another question in the same reply (in a
+  multi-turn conversation every user turn counts: each is checked, and each is remembered);
 * ``ungrounded``: most of the answer's *new* content (what it says beyond the question) does not
   occur in the chunk, or it states a number (2+ digits) the chunk does not hold. Words match
   exactly or on a shared 5-letter prefix (inflections); Chinese and Japanese text, which has no
@@ -286,16 +287,16 @@ class Gate:
 
     def check_turn(self, q: str, a: str, grounding: Grounding | None, earlier: list[str]) -> str | None:
         """The gates for a later user turn of a conversation: as :meth:`check`, except that it may
-        lean on the conversation (no ``dangling``) and is a duplicate only of the conversation's
-        earlier questions (``earlier``, normalized)."""
+        lean on the conversation (no ``dangling``). It is a duplicate of a question accepted for the
+        document (any split, any turn) or of one of ``earlier`` (normalized: the conversation's
+        earlier questions and every user turn already kept from the same reply)."""
         q, a = q.strip(), a.strip()
         norm = normalize_question(q)
         if len(q) < self.min_question_chars or len(a) < self.min_answer_chars or not norm:
             return "too_short"
         if echo(q, a):
             return "echo"
-        if norm in earlier or self.dedupe_threshold < 100 and process.extractOne(
-                norm, earlier, scorer=fuzz.token_sort_ratio, processor=None, score_cutoff=self.dedupe_threshold):
+        if self.is_duplicate(norm, earlier):
             return "duplicate"
         if grounding is not None and self.grounding_threshold > 0 and grounding.score(a, q) < self.grounding_threshold:
             return "ungrounded"
@@ -315,6 +316,22 @@ class Gate:
     def accept(self, norm: str) -> None:
         self.accepted.append(norm)
         self._sorted.append(_sorted_words(norm))
+
+    def is_duplicate_turns(self, norms: list[str], extra: list[str] = ()) -> bool:
+        """Whether any of ``norms`` (a conversation's user turns, see :func:`turn_norms`) is a
+        duplicate (:meth:`is_duplicate`)."""
+        return any(self.is_duplicate(n, extra) for n in norms)
+
+    def accept_turns(self, norms: list[str]) -> None:
+        for n in norms:
+            self.accept(n)
+
+
+def turn_norms(pair: Pair, norm: str | None = None) -> list[str]:
+    """The normalized question of every user turn of ``pair`` (one for a single-turn pair);
+    ``norm``: the first question's, when already worked out."""
+    first = normalize_question(pair.question) if norm is None else norm
+    return [first, *(normalize_question(q) for q, _ in pair.followups)] if pair.followups else [first]
 
 
 def _sorted_words(norm: str) -> str:

@@ -220,9 +220,14 @@ class Reject:
     similar_question: str | None = None
     similarity: float | None = None
     scores: dict | None = None  # the judge's scores of a pair (reason "judge" or any judged pair)
+    # a dropped conversation's later turns: [{"question", "answer"}, ...] (None for a single-turn pair)
+    followups: list | None = None
 
     def to_dict(self) -> dict:
         """The JSONL record, every text scrubbed of keys (a reply or error body may echo one)."""
         from datakeg.support.secrets import scrub
 
-        return {k: scrub(v) if isinstance(v, str) else v for k, v in self.__dict__.items() if v is not None}
+        out = {k: scrub(v) if isinstance(v, str) else v for k, v in self.__dict__.items() if v is not None}
+        if self.followups:
+            out["followups"] = [{k: scrub(v) for k, v in t.items()} for t in self.followups]
+        return out

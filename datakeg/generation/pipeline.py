@@ -39,7 +39,7 @@ from datakeg.generation.callbacks import Callbacks, RecordingCallbacks
 from datakeg.generation.calls import Caller, Limits, RunStats
 from datakeg.generation.journal import Journal
 from datakeg.generation.planning import Plan
-from datakeg.generation.rounds import DocResult, DocumentRunner
+from datakeg.generation.rounds import DocResult, DocumentRunner, turn_questions
 from datakeg.generation.workers import PriorityPool
 from datakeg.providers.base import Provider
 from datakeg.settings import Settings
@@ -496,8 +496,8 @@ class Generator:
             promoted = set()
             for k, i, sp in sorted(drop):
                 res = results[k]
-                mine = [p.question for s2 in SPLITS for p in res.slots[i][s2].pairs]
-                if self.runner.promote(res, i, sp, self.runner.gate(self.runner.others(res, i, SPLITS) + mine
+                mine = turn_questions([p for s2 in SPLITS for p in res.slots[i][s2].pairs])
+                if self.runner.promote(res, i, sp, self.runner.gate(self.runner.others(res, i, SPLITS, turns=True) + mine
                                                                     + avoid[(k, i, sp)])):
                     promoted.add(k)
             with self.lock:
@@ -509,7 +509,8 @@ class Generator:
             # document's questions taken before any of them asks, so the result does not depend on
             # timing (the splits of one chunk in split order, in one task: each reads the chunk's
             # other splits; each chunk's calls are numbered on its own)
-            snapshot = {(k, i): self.runner.others(results[k], i, SPLITS) for (k, i, _) in drop}
+            snapshot = {(k, i): (self.runner.others(results[k], i, SPLITS), self.runner.others(results[k], i, SPLITS, turns=True))
+                        for (k, i, _) in drop}
             start = max(res.chain for res in results)  # the backfill waits for every document
 
             def refill_chunk(k: int, i: int, drop=drop, avoid=avoid, snapshot=snapshot, start=start) -> None:
@@ -517,7 +518,7 @@ class Generator:
                     if (k, i, sp) in drop:
                         results[k].wait_for(i, sp, start)
                         self.runner.refill(results[k], i, sp, avoid[(k, i, sp)], self.settings.max_attempts,
-                                           snapshot[(k, i)])
+                                           *snapshot[(k, i)])
                         start = results[k].slots[i][sp].chain
 
             for f in [pool.submit(refill_chunk, k, i) for (k, i) in sorted({(k, i) for k, i, _ in drop})]:

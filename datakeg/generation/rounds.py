@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from datakeg.curation.quality import Gate, grounding_for, normalize_question
+from datakeg.curation.quality import Gate, grounding_for, normalize_question, turn_norms
 from datakeg.curation.taught import is_taught
 from datakeg.dataset.records import Pair, Reject
 from datakeg.dataset.splits import SPLITS
@@ -209,7 +209,7 @@ class DocumentRunner:
             batch: list[str] = []
             passed: list[tuple[Pair, str]] = []
             for pair in pairs:
-                reason = gate.check(pair, grounding, batch) or self.task_check(pair, grounding, gate) \
+                reason = gate.check(pair, grounding, batch) or self.task_check(pair, grounding, gate, batch) \
                     or ("over_count" if len(passed) >= count else None)
                 if reason is None and taught is not None and not is_taught(pair.question, pair.answer, taught):
                     reason = "untaught"
@@ -217,7 +217,7 @@ class DocumentRunner:
                     self._drop(slot, dp, i, split, pair, reason)
                     continue
                 norm = normalize_question(pair.question)
-                batch.append(norm)
+                batch.extend(turn_norms(pair, norm))  # every user turn: a later pair may repeat none
                 passed.append((pair, norm))
             kept = 0
             for pair, norm, scores in self._judged(dp, i, split, passed, slot):
@@ -228,7 +228,7 @@ class DocumentRunner:
                             and self.kind_missing(dp, i, split, slot)[pair.kind] <= 0:
                         held.append((pair, norm))
                         continue
-                gate.accept(norm)
+                gate.accept_turns(turn_norms(pair, norm))
                 if len(slot.pairs) >= want:
                     slot.reserve.append(pair)
                     continue
@@ -240,8 +240,9 @@ class DocumentRunner:
         # pairs of a kind over its quota fill what the model did not deliver of the kinds asked
         # (never fewer pairs than without a mix); the rest are dropped as off the mix
         for pair, norm in held:
-            if len(slot.pairs) < want and not gate.is_duplicate(norm):
-                gate.accept(norm)
+            norms = turn_norms(pair, norm)
+            if len(slot.pairs) < want and not gate.is_duplicate_turns(norms):
+                gate.accept_turns(norms)
                 slot.pairs.append(pair)
                 mine.append(pair)
                 self.cb.on_pairs(1)
@@ -273,16 +274,18 @@ class DocumentRunner:
         return [{"name": k.name, "description": k.description, "count": counts[k.name]} for k in t.kinds
                 if counts[k.name]]
 
-    def task_check(self, pair: Pair, grounding, gate: Gate) -> str | None:
+    def task_check(self, pair: Pair, grounding, gate: Gate, batch: list[str] = ()) -> str | None:
         """The task's own gates: the number of turns, each later turn through the gates (not
-        ``dangling``: a follow-up may refer back), the answers' length bounds."""
+        ``dangling``: a follow-up may refer back; a duplicate of any question the document holds,
+        any turn of it, of an earlier turn of its conversation or of a user turn kept from the same
+        reply, ``batch``), the answers' length bounds."""
         t = self.task
         if t.turns > 1:
             if len(pair.followups) != t.turns - 1:
                 return "wrong_turns"
             earlier = [normalize_question(pair.question)]
             for q, a in pair.followups:
-                reason = gate.check_turn(q, a, grounding, earlier)
+                reason = gate.check_turn(q, a, grounding, earlier + list(batch))
                 if reason:
                     return f"{reason}_followup"
                 earlier.append(normalize_question(q))
@@ -299,11 +302,11 @@ class DocumentRunner:
         promoted = 0
         while len(slot.pairs) < want and slot.reserve:
             pair = slot.reserve.pop(0)
-            norm = normalize_question(pair.question)
-            if gate.is_duplicate(norm, kept or []):
+            norms = turn_norms(pair)
+            if gate.is_duplicate_turns(norms, kept or []):
                 self._drop(slot, res.plan, i, split, pair, "duplicate")
                 continue
-            (kept.append if kept is not None else gate.accept)(norm)
+            (kept.extend if kept is not None else gate.accept_turns)(norms)
             slot.pairs.append(pair)
             slot.spares_used += 1
             promoted += 1
@@ -313,7 +316,8 @@ class DocumentRunner:
               scores: dict | None = None) -> None:
         slot.dropped[reason] += 1
         slot.rejects.append(Reject("dropped_pair", reason=reason, source=dp.doc.relpath, chunk=dp.chunks[i].index,
-                                   split=split, question=pair.question, answer=pair.answer, scores=scores))
+                                   split=split, question=pair.question, answer=pair.answer, scores=scores,
+                                   followups=later_turns(pair)))
 
     def _judged(self, dp: DocPlan, i: int, split: str, passed: list[tuple[Pair, str]], slot: Slot):
         """The pairs of ``passed`` the judge keeps (all of them without a judge), with their scores;
@@ -373,7 +377,7 @@ class DocumentRunner:
                     return
                 mine = self.own(res, i, earlier[-1]) if earlier else []
                 # checked against every question of the earlier splits (final by now) and this chunk's
-                gate = self.gate(self.others(res, i, earlier) + [p.question for p in mine])
+                gate = self.gate(self.others(res, i, earlier, turns=True) + turn_questions(mine))
                 planned = len(batches(dp.targets[i][split], s.batch_size))
                 # the earlier splits' spares are avoided too where the avoid list has room (the list
                 # keeps the latest of this chunk's questions), so that one can still replace a pair later
@@ -398,10 +402,10 @@ class DocumentRunner:
         s = self.settings
         n = len(res.slots)
         earlier = SPLITS[:SPLITS.index(split)]
-        gate = self.gate(self.others(res, -1, earlier))
+        gate = self.gate(self.others(res, -1, earlier, turns=True))
         # a spare is checked against every other split of the document (after the split rounds, e.g.
         # in the leakage audit's backfill, the later splits exist too; a spare was never shown them)
-        spare_gate = self.gate(self.others(res, -1, tuple(sp for sp in SPLITS if sp != split)))
+        spare_gate = self.gate(self.others(res, -1, tuple(sp for sp in SPLITS if sp != split), turns=True))
         kept_norms: list[str] = []
         checked = [0] * n
         for attempt in range(s.max_attempts + 1):
@@ -410,13 +414,14 @@ class DocumentRunner:
                 slot = res.slots[i][split]
                 survivors = slot.pairs[:checked[i]]
                 for p in slot.pairs[checked[i]:]:
-                    norm = normalize_question(p.question)
-                    if gate.is_duplicate(norm, kept_norms):
+                    norms = turn_norms(p)
+                    if gate.is_duplicate_turns(norms, kept_norms):
                         slot.dropped["duplicate"] += 1
                         slot.rejects.append(Reject("dropped_pair", reason="duplicate", source=res.plan.doc.relpath,
-                                                   chunk=i, split=split, question=p.question, answer=p.answer))
+                                                   chunk=i, split=split, question=p.question, answer=p.answer,
+                                                   followups=later_turns(p)))
                         continue
-                    kept_norms.append(norm)
+                    kept_norms.extend(norms)
                     survivors.append(p)
                 shrank = len(survivors) < len(slot.pairs)
                 slot.pairs = survivors
@@ -427,25 +432,28 @@ class DocumentRunner:
                 checked[i] = len(slot.pairs)
             if not lost or attempt == s.max_attempts:
                 return
-            snapshot = {i: self.others(res, i, SPLITS) for i in lost}
+            snapshot = {i: (self.others(res, i, SPLITS), self.others(res, i, SPLITS, turns=True)) for i in lost}
             start = max(res.chain, after)  # the pass waits for the whole round (``after``: and more)
             for i in lost:
                 res.wait_for(i, split, start)
-            futures = [pool.submit(self.refill, res, i, split, [], 1, snapshot[i], priority=priority - 0.5)
+            futures = [pool.submit(self.refill, res, i, split, [], 1, *snapshot[i], priority=priority - 0.5)
                        for i in lost]
             for f in futures:
                 f.result()
 
     def refill(self, res: DocResult, i: int, split: str, avoid_also: list[str], max_calls: int,
-               others: list[str] | None = None) -> None:
+               others: list[str] | None = None, others_turns: list[str] | None = None) -> None:
         """Ask chunk ``i`` again for what ``split`` is missing, checked against every question the
         document holds in any split (``others``: a snapshot of the other chunks' questions, so that
-        chunks can refill in parallel deterministically), and told to avoid ``avoid_also``
+        chunks can refill in parallel deterministically; ``others_turns``: the same with the later
+        turns of conversations, which the gate checks against too), and told to avoid ``avoid_also``
         (questions removed elsewhere)."""
         if others is None:
             others = self.others(res, i, SPLITS)
+        if others_turns is None:
+            others_turns = self.others(res, i, SPLITS, turns=True)
         mine = [p for sp in SPLITS for p in res.slots[i][sp].pairs]  # every split: none may come back
-        self.fill(res.plan, i, split, res.slots[i][split], self.gate(others + [p.question for p in mine]
+        self.fill(res.plan, i, split, res.slots[i][split], self.gate(others_turns + turn_questions(mine)
                                                                      + list(avoid_also)),
                   mine, others, max_calls, pinned=avoid_also, taught=self.taught(res, i, split))
 
@@ -454,5 +462,19 @@ class DocumentRunner:
         return [p for sp in SPLITS[:SPLITS.index(upto) + 1] for p in res.slots[i][sp].pairs]
 
     @staticmethod
-    def others(res: DocResult, i: int, splits: tuple[str, ...]) -> list[str]:
-        return [p.question for j, s in enumerate(res.slots) if j != i for sp in splits for p in s[sp].pairs]
+    def others(res: DocResult, i: int, splits: tuple[str, ...], turns: bool = False) -> list[str]:
+        """The questions of every chunk but ``i`` in ``splits``; ``turns``: every user turn of a
+        conversation, not only the first (what the duplicate gate checks against; the avoid lists
+        of the prompts name first questions)."""
+        pairs = [p for j, s in enumerate(res.slots) if j != i for sp in splits for p in s[sp].pairs]
+        return turn_questions(pairs) if turns else [p.question for p in pairs]
+
+
+def later_turns(pair: Pair) -> list[dict] | None:
+    """A conversation's later turns as a reject records them (None for a single-turn pair)."""
+    return [{"question": q, "answer": a} for q, a in pair.followups] or None
+
+
+def turn_questions(pairs) -> list[str]:
+    """The question of every user turn of ``pairs`` (first turns and the later turns of conversations)."""
+    return [q for p in pairs for q in ([p.question, *(q for q, _ in p.followups)] if p.followups else [p.question])]

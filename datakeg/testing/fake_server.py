@@ -11,7 +11,8 @@ Tasks (``generate --task``): a prompt that lists kinds the way the built-in task
 in a "kind" field and opens its question with ``[kind] `` (so a test can tell the kind from the
 rows on disk). A prompt saying "Each conversation has exactly N user turns" gets conversations
 whose "followups" hold N-1 more turns about the next spans of the excerpt ("And what follows from
-that about ...?"), each answer grounded like the first.
+<the first question's span> about <a later span>?", so no two conversations share a later
+question), each answer grounded like the first.
 
 Faults (each ``name`` or ``name:N``; default every request). With N, the fault hits about one
 request in N, chosen by the request's content and how often that same request was seen before, so
@@ -49,6 +50,9 @@ the same requests fail whatever order concurrent clients send them in, and a ret
               alternately
   strayturns  every pair of a single-turn reply also carries a "followups" list (one more turn) that
               nobody asked for
+  repeatturn  in a multi-turn reply, the first conversation's last user turn repeats another
+              conversation's question: the first question the prompt says to avoid (one already
+              kept for the document), else the first question of the reply's second conversation
   onekind     to a prompt that asks for a mix of kinds, every pair of the reply is of the first kind
               asked (as a model that ignores the mix does)
 The faults act on chat requests only (both APIs). ``FakeLLMServer(api_key=...)`` instead makes every
@@ -108,7 +112,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("strayturns", "onekind", "leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
+FAULTS = ("strayturns", "repeatturn", "onekind", "leakyparaphrase", "fence", "malformed", "duplicates", "ungrounded", "fewer", "prose", "http429", "http500",
           "http401", "http403", "echoauth", "html200", "notjson200", "error200", "emptychoices", "nullcontent",
           "huge", "junk", "reworded", "textplain200")
 HTTP_FAULTS = frozenset({"http401", "http403", "http429", "http500", "echoauth", "html200", "notjson200", "error200"})
@@ -176,6 +180,7 @@ def candidates(excerpt: str) -> list[tuple[str, str]]:
 
 
 REWORDED = "What do the docs explain regarding {span}?"  # the ``reworded`` fault's wording
+_ABOUT = "What is said about "  # how each of the server's own questions opens
 
 
 def avoided(prompt: str) -> list[str]:
@@ -260,8 +265,11 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
         if turns == 1 and "strayturns" in active:
             pair["followups"] = [{"question": "And what happens next?", "answer": a}]
         if turns > 1:  # follow-ups about the next spans of the excerpt, referring back to the first
+            # (each names its own conversation's span too: two conversations never ask the same later
+            # question, as a model told that every question of the document must differ would not)
             later = order[k + 1:] + order[:k]
-            pair["followups"] = [{"question": f"And what follows from that about {fq[len('What is said about '):-1]}?",
+            first = q[len(_ABOUT):-1]
+            pair["followups"] = [{"question": f"And what follows from {first} about {fq[len(_ABOUT):-1]}?",
                                   "answer": fa} for fq, fa in (later[j % len(later)] if later else (q, a)
                                                                for j in range(turns - 1))]
         pairs.append(pair)
@@ -292,6 +300,13 @@ def answer_prompt(prompt: str, reasoning: bool, active: set[str]) -> str:
                 pairs.append(dict(pair, question=q))
             else:  # an answer that only repeats the question
                 pairs.append(dict(pair, answer=span))
+    if "repeatturn" in active and pairs and pairs[0].get("followups"):
+        # the first conversation's last turn repeats another conversation's question: the first the
+        # prompt says to avoid (one the document holds already) or else the reply's second one
+        repeat = avoid[0] if avoid else pairs[1]["question"] if len(pairs) > 1 else None
+        if repeat is not None:
+            last = pairs[0]["followups"][-1]
+            pairs[0]["followups"][-1] = {"question": repeat, "answer": last["answer"]}
     if "duplicates" in active and pairs:
         pairs.append(dict(pairs[0], question=avoid[0] if avoid else pairs[0]["question"]))
     if "ungrounded" in active:

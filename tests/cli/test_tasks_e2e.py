@@ -294,3 +294,45 @@ def test_the_mix_is_met_when_the_model_ignores_it_half_the_time(tmp_path):
     for k, w in weights.items():
         if w >= 0.10:
             assert abs(every[k] / total - w) <= 0.05, (k, every[k], total)
+
+
+def user_turns_by_document(out: Path) -> dict[str, list[str]]:
+    """Every user turn of every row, per source document (all splits), read from the per-file outputs."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {f["output"]: [m["content"] for sp in SPLITS if (out / f"{f['output']}_{sp}.jsonl").exists()
+                          for r in rows(out / f"{f['output']}_{sp}.jsonl") for m in r["messages"] if m["role"] == "user"]
+            for f in manifest["files"]}
+
+
+def test_a_later_turn_repeating_another_conversations_question_is_dropped_and_backfilled(tmp_path):
+    """Every user turn goes through dedupe: a later turn that repeats a question the document holds
+    (another conversation's, any split, any turn) drops its conversation, and backfill replaces it."""
+    from rapidfuzz import fuzz
+
+    from datakeg.curation.quality import normalize_question
+
+    out = tmp_path / "out"
+    with FakeLLMServer(faults=["repeatturn:3"]) as srv:
+        result = gen(srv, TESTDOC, out, "--task", "conversation")
+        assert result.exit_code == 0, result.output
+        assert sum("repeatturn" in r["faults"] for r in srv.requests) >= 5
+    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    assert totals["delivered"] == totals["target"]  # backfilled: nothing short
+    dropped = [r for r in rows(out / "rejects.jsonl") if r.get("reason") == "duplicate_followup"]
+    assert len(dropped) == totals["dropped"]["duplicate_followup"] >= 5
+    kept = user_turns_by_document(out)
+    sources = {f["path"]: f["output"] for f in json.loads((out / "manifest.json").read_text())["files"]}
+    for r in dropped:
+        # the dropped conversation's last turn is the planted repeat: the server's first-question form,
+        # not a follow-up of its own, and near a question the document holds or held
+        planted = normalize_question(r["followups"][-1]["question"])
+        assert r["followups"][-1]["question"].startswith("What is said about ")
+        held = kept[sources[r["source"]]] + [x["question"] for x in rows(out / "rejects.jsonl")
+                                             if x is not r and x.get("source") == r["source"]]
+        assert max(fuzz.token_sort_ratio(planted, normalize_question(q)) for q in held) >= 90
+    # independently: no two user turns of a document, in any splits, are near duplicates
+    for doc, turns in kept.items():
+        norm = [normalize_question(t) for t in turns]
+        assert len(norm) >= 6
+        close = [(a, b) for j, a in enumerate(norm) for b in norm[j + 1:] if fuzz.token_sort_ratio(a, b) >= 90]
+        assert not close, (doc, close[:3])

@@ -105,3 +105,27 @@ def test_scores_ride_along_in_rows_and_are_ignored_by_readers():
         row = to_row(pair, fmt)
         assert row["scores"] == {"score": 4}
         assert from_row(row) == Pair("What is X?", "X is Y.")
+
+
+def test_a_later_turn_is_a_duplicate_of_any_question_the_document_holds():
+    """A conversation's later turn: a duplicate of a question accepted for the document (any split,
+    first or later turn), of an earlier turn of its own conversation or of a turn kept from the same
+    reply; a fresh follow-up passes, and a follow-up may still say "that" (no dangling gate)."""
+    from datakeg.curation.quality import normalize_question, turn_norms
+
+    chunk = Grounding("Run tallyho --json to print JSON. Run tallyho --csv for a CSV table. Hidden folders are skipped.")
+    gate = Gate(accepted=[normalize_question("How do I print JSON with tallyho?")])
+    answer = "Run tallyho --csv for a CSV table."
+    assert gate.check_turn("And how do I get a CSV table from that?", answer, chunk, []) is None
+    assert gate.check_turn("How do I print JSON with tallyho", answer, chunk, []) == "duplicate"  # accepted
+    own = [normalize_question("How do I get a CSV table?")]
+    assert gate.check_turn("How do I get a CSV table?", answer, chunk, own) == "duplicate"  # own conversation
+    # a later turn accepted with its conversation is one the next conversations must not repeat
+    conv = Pair("Which folders does tallyho skip?", "Hidden folders are skipped.",
+                followups=(("And how do I get a CSV table from that?", answer),))
+    assert turn_norms(conv) == ["which folders does tallyho skip", "and how do i get a csv table from that"]
+    assert turn_norms(Pair("Q one here?", "A.")) == ["q one here"]
+    assert not gate.is_duplicate_turns(turn_norms(conv))
+    gate.accept_turns(turn_norms(conv))
+    assert gate.check_turn("and how do I get a CSV table from that", answer, chunk, []) == "duplicate"
+    assert gate.check(Pair("And how do I get a CSV table from that?", answer), chunk, []) == "duplicate"
