@@ -119,7 +119,7 @@ def main() -> None:
         results["rows"].append({**evaluate_model("echo", test), "model": "echo baseline", "on": label})
         if not args.skip_base:
             t = time.perf_counter()
-            results["rows"].append({**evaluate_model(base, test), "model": "base", "model_path": base, "on": label,
+            results["rows"].append({**evaluate_model(base, test), "model": "base", "on": label,
                                     "eval_seconds": round(time.perf_counter() - t, 1)})
     for config in args.config or ["3:2e-4:8"]:
         epochs, lr, rank = config.split(":")
@@ -138,7 +138,7 @@ def main() -> None:
         for name, model in candidates:
             for label, test in tests.items():
                 t = time.perf_counter()
-                results["rows"].append({**evaluate_model(model, test), "model": name, "model_path": model, "on": label,
+                results["rows"].append({**evaluate_model(model, test), "model": name, "on": label,
                                         "train_seconds": ft["seconds"], "seconds_per_step": ft["seconds_per_step"],
                                         "steps": ft["steps"], "val_loss": [h["val_loss"] for h in ft["history"]],
                                         "best_step": best["step"], "eval_seconds": round(time.perf_counter() - t, 1)})
