@@ -23,24 +23,23 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
-from datakeg.dataset.atomic import atomic_write_text
 from datakeg.errors import DatakegError
 from datakeg.support.chat_template import ensure_chat_template
 from datakeg.training.options import MLX_HINT, FinetuneOptions
 from datakeg.training.shared import (
-    atomic_dir,
-    atomic_dirs,
     check_lengths,
     check_resumable,
     copy_tokenizer_files,
     encode,
     epoch_batches,
+    epoch_end,
     newest_checkpoint,
-    prune_checkpoints,
+    save_checkpoint,
+    save_final,
+    start_state,
     step_counts,
     warmup_steps,
 )
@@ -150,25 +149,15 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
         mx.save_safetensors(str(folder / ADAPTER_FILE), dict(tree_flatten(model.trainable_parameters())))
         (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
 
-    step, history, losses = 0, [], []
-    best = {"step": None, "val_loss": math.inf}
+    state = None
     if resume_from is not None:
         state = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
         check_resumable(resume_from, state, total_steps, len(train_enc))
         model.load_weights(list(mx.load(str(resume_from / "adapter" / ADAPTER_FILE)).items()), strict=False)
         optimizer.state = tree_unflatten(list(mx.load(str(resume_from / "optimizer.safetensors")).items()))
-        step, history, losses, best = state["step"], state["history"], state["losses"], state["best"]
-        progress({"event": "resume", "step": step, "total": total_steps,
-                  "message": f"resuming from {resume_from} (step {step}/{total_steps})"})
-    else:
-        if ckpt_root.exists():
-            shutil.rmtree(ckpt_root)  # a fresh run: old checkpoints belong to another run
-        v = val_loss()
-        history.append({"step": 0, "val_loss": v})
-        best = {"step": 0, "val_loss": v}
-        progress({"event": "eval", "step": 0, "val_loss": v})
+    step, history, losses, best = start_state(state, resume_from, ckpt_root, total_steps, val_loss, progress)
 
-    def save_checkpoint() -> None:
+    def checkpoint() -> None:
         def write(tmp: Path) -> None:
             write_adapter(tmp / "adapter")
             mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
@@ -176,9 +165,7 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
                 "backend": "mlx", "step": step, "total_steps": total_steps, "train_rows": len(train_enc),
                 "history": history, "losses": losses, "best": best}, indent=2), encoding="utf-8")
 
-        atomic_dir(ckpt_root / f"step-{step}", write)
-        prune_checkpoints(ckpt_root, "mlx")  # keep the last two (and best/)
-        progress({"event": "checkpoint", "step": step, "message": f"checkpoint {ckpt_root / f'step-{step}'}"})
+        save_checkpoint(ckpt_root, step, "mlx", write, progress)
 
     model.train()
     started, first_step = time.perf_counter(), step
@@ -198,17 +185,10 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
             per_step = (time.perf_counter() - started) / (step - first_step)
             progress({"event": "step", "step": step, "total": total_steps, "loss": value,
                       "seconds_per_step": per_step, "eta_seconds": per_step * (total_steps - step)})
-            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-            if end_of_epoch:
-                v = val_loss()
-                recent = losses[-steps_per_epoch:]
-                history.append({"step": step, "train_loss": sum(recent) / len(recent), "val_loss": v})
-                progress({"event": "eval", "step": step, "val_loss": v})
-                if v < best["val_loss"]:
-                    best = {"step": step, "val_loss": v}
-                    atomic_dir(ckpt_root / "best", lambda tmp: write_adapter(tmp / "adapter"))
+            best, end_of_epoch = epoch_end(step, total_steps, steps_per_epoch, losses, history, best, val_loss,
+                                           ckpt_root, lambda tmp: write_adapter(tmp / "adapter"), progress)
             if end_of_epoch or (save_every and step % save_every == 0):
-                save_checkpoint()
+                checkpoint()
             if step >= total_steps:
                 break
     seconds = time.perf_counter() - started
@@ -221,13 +201,7 @@ def train_mlx(opts: FinetuneOptions, train: list, valid: list, progress) -> dict
         save(tmp, opts.base_model, model, tokenizer, config, donate_model=False)
         copy_tokenizer_files(Path(opts.base_model), tmp)
 
-    # both written beside their final names, then renamed into place: never half a folder, and a
-    # failed merged save leaves the previous adapter/ too
-    atomic_dirs([(out / "adapter", write_adapter), (out / "merged", write_merged)])
-    best_info = {"step": best["step"], "val_loss": best["val_loss"],
-                 "adapter": str(ckpt_root / "best" / "adapter") if best["step"] else None}
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ckpt_root / "best.json", [json.dumps(best_info, indent=2)])
+    best_info = save_final(out, ckpt_root, best, write_adapter, write_merged)
     done_now = step - first_step
     return {
         "device": device, "dtype": str(next(v for _, v in tree_flatten(model.parameters())).dtype).split(".")[-1],

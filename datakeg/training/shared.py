@@ -16,6 +16,7 @@ count, the learning-rate schedule, and the checkpoint folders a ``--resume`` rea
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -171,6 +172,61 @@ def remove_stale_dirs(folder: Path, names: tuple[str, ...]) -> None:
             os.replace(p, target)
         else:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def start_state(state: dict | None, checkpoint: Path | None, ckpt_root: Path, total_steps: int, val_loss,
+                progress) -> tuple[int, list, list, dict]:
+    """(step, history, losses, best) where training starts: a checkpoint's, from its ``state`` (the
+    backend loaded it and its weights), or step 0 of a fresh run, whose validation loss before
+    training is measured (``val_loss()``) and whose folder loses the old checkpoints (another run's)."""
+    if state is not None:
+        step = state["step"]
+        progress({"event": "resume", "step": step, "total": total_steps,
+                  "message": f"resuming from {checkpoint} (step {step}/{total_steps})"})
+        return step, state["history"], state["losses"], state["best"]
+    if ckpt_root.exists():
+        shutil.rmtree(ckpt_root)
+    v = val_loss()
+    progress({"event": "eval", "step": 0, "val_loss": v})
+    return 0, [{"step": 0, "val_loss": v}], [], {"step": 0, "val_loss": v}
+
+
+def save_checkpoint(ckpt_root: Path, step: int, backend: str, write, progress) -> None:
+    """Write checkpoint ``step-N`` whole or not at all (``write(tmp_folder)``), keep the last two."""
+    atomic_dir(ckpt_root / f"step-{step}", write)
+    prune_checkpoints(ckpt_root, backend)
+    progress({"event": "checkpoint", "step": step, "message": f"checkpoint {ckpt_root / f'step-{step}'}"})
+
+
+def epoch_end(step: int, total_steps: int, steps_per_epoch: int, losses: list, history: list, best: dict,
+              val_loss, ckpt_root: Path, save_best, progress) -> tuple[dict, bool]:
+    """After a step: at the end of an epoch, the validation loss goes into ``history`` and a new best
+    adapter is kept in ``checkpoints/best`` (``save_best(tmp_folder)``). Returns the best so far and
+    whether an epoch ended (the backend then writes a checkpoint)."""
+    end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+    if end_of_epoch:
+        v = val_loss()
+        recent = losses[-steps_per_epoch:]
+        history.append({"step": step, "train_loss": sum(recent) / len(recent), "val_loss": v})
+        progress({"event": "eval", "step": step, "val_loss": v})
+        if v < best["val_loss"]:
+            best = {"step": step, "val_loss": v}
+            atomic_dir(ckpt_root / "best", save_best)
+    return best, end_of_epoch
+
+
+def save_final(out: Path, ckpt_root: Path, best: dict, write_adapter, write_merged) -> dict:
+    """``adapter/`` and ``merged/`` written beside their final names, then renamed into place (never
+    half a folder; a failed merged save leaves the previous adapter/ too), and ``best.json``: the
+    step validation picked and its adapter checkpoint, which is returned."""
+    from datakeg.dataset.atomic import atomic_write_text
+
+    atomic_dirs([(out / "adapter", write_adapter), (out / "merged", write_merged)])
+    best_info = {"step": best["step"], "val_loss": best["val_loss"],
+                 "adapter": str(ckpt_root / "best" / "adapter") if best["step"] else None}
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ckpt_root / "best.json", [json.dumps(best_info, indent=2)])
+    return best_info
 
 
 def prune_checkpoints(root: Path, backend: str, keep: int = 2) -> None:

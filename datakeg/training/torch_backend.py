@@ -13,27 +13,24 @@ that cannot fit is refused with the numbers.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
 import time
 from pathlib import Path
 
-from datakeg.dataset.atomic import atomic_write_text
 from datakeg.errors import ConfigError, DatakegError
 from datakeg.support.chat_template import ensure_chat_template
 from datakeg.training.options import TORCH_HINT, FinetuneOptions
 from datakeg.training.shared import (
-    atomic_dir,
-    atomic_dirs,
     check_lengths,
     check_resumable,
     copy_tokenizer_files,
     encode,
     epoch_batches,
+    epoch_end,
     newest_checkpoint,
-    prune_checkpoints,
+    save_checkpoint,
+    save_final,
+    start_state,
     step_counts,
     warmup_steps,
 )
@@ -187,8 +184,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
         model.train()
         return loss_sum / max(1.0, tokens)
 
-    step, history, losses = 0, [], []
-    best = {"step": None, "val_loss": math.inf}
+    state = None
     if resume_from is not None:
         from safetensors.torch import load_file
 
@@ -200,18 +196,9 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
         torch.set_rng_state(state["torch_rng"])
         if cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
-        step, history, losses, best = state["step"], state["history"], state["losses"], state["best"]
-        progress({"event": "resume", "step": step, "total": total_steps,
-                  "message": f"resuming from {resume_from} (step {step}/{total_steps})"})
-    else:
-        if ckpt_root.exists():
-            shutil.rmtree(ckpt_root)  # a fresh run: old checkpoints belong to another run
-        v = val_loss()
-        history.append({"step": 0, "val_loss": v})
-        best = {"step": 0, "val_loss": v}
-        progress({"event": "eval", "step": 0, "val_loss": v})
+    step, history, losses, best = start_state(state, resume_from, ckpt_root, total_steps, val_loss, progress)
 
-    def save_checkpoint() -> None:
+    def checkpoint() -> None:
         def write(tmp: Path) -> None:
             model.save_pretrained(tmp / "adapter")
             torch.save({"step": step, "total_steps": total_steps, "train_rows": len(train_enc),
@@ -220,9 +207,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
                         "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
                         "history": history, "losses": losses, "best": best}, tmp / "state.pt")
 
-        atomic_dir(ckpt_root / f"step-{step}", write)
-        prune_checkpoints(ckpt_root, "torch")  # keep the last two (and best/)
-        progress({"event": "checkpoint", "step": step, "message": f"checkpoint {ckpt_root / f'step-{step}'}"})
+        save_checkpoint(ckpt_root, step, "torch", write, progress)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -246,17 +231,10 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
             per_step = (time.perf_counter() - started) / (step - first_step)
             progress({"event": "step", "step": step, "total": total_steps, "loss": losses[-1],
                       "seconds_per_step": per_step, "eta_seconds": per_step * (total_steps - step)})
-            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-            if end_of_epoch:
-                v = val_loss()
-                recent = losses[-steps_per_epoch:]
-                history.append({"step": step, "train_loss": sum(recent) / len(recent), "val_loss": v})
-                progress({"event": "eval", "step": step, "val_loss": v})
-                if v < best["val_loss"]:
-                    best = {"step": step, "val_loss": v}
-                    atomic_dir(ckpt_root / "best", lambda tmp: model.save_pretrained(tmp / "adapter"))
+            best, end_of_epoch = epoch_end(step, total_steps, steps_per_epoch, losses, history, best, val_loss,
+                                           ckpt_root, lambda tmp: model.save_pretrained(tmp / "adapter"), progress)
             if end_of_epoch or (save_every and step % save_every == 0):
-                save_checkpoint()
+                checkpoint()
             if step >= total_steps:
                 break
     seconds = time.perf_counter() - started
@@ -276,13 +254,7 @@ def train_torch(opts: FinetuneOptions, train: list, valid: list, progress) -> di
         tokenizer.save_pretrained(tmp)
         copy_tokenizer_files(Path(opts.base_model), tmp)
 
-    # both written beside their final names, then renamed into place: never half a folder, and a
-    # failed merged save leaves the previous adapter/ too
-    atomic_dirs([(out / "adapter", write_adapter), (out / "merged", write_merged)])
-    best_info = {"step": best["step"], "val_loss": best["val_loss"],
-                 "adapter": str(ckpt_root / "best" / "adapter") if best["step"] else None}
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ckpt_root / "best.json", [json.dumps(best_info, indent=2)])
+    best_info = save_final(out, ckpt_root, best, write_adapter, write_merged)
     done_now = step - first_step
     return {
         "device": device, "dtype": str(dtype).replace("torch.", ""), "gradient_checkpointing": bool(checkpointing),
