@@ -125,27 +125,23 @@ def create_app(model, token: str, on_change=None):
             raise Refused("the body must be a JSON object", 400)
         return data
 
-    async def decide(request):
+    async def change(request, call) -> JSONResponse:
+        """A decision from a JSON body: ``call(body)`` runs in a worker thread; a refusal is its error."""
         try:
-            d = await body(request)
-            result = await run_in_threadpool(model.decide, d.get("id"), d.get("action"), d.get("version"),
-                                             d.get("question"), d.get("answer"), d.get("note"))
+            result = await run_in_threadpool(call, await body(request))
         except Refused as exc:
             return error(exc)
         if on_change:
             on_change()
         return JSONResponse(result, headers=headers)
 
+    async def decide(request):
+        return await change(request, lambda d: model.decide(d.get("id"), d.get("action"), d.get("version"),
+                                                            d.get("question"), d.get("answer"), d.get("note")))
+
     async def bulk(request):
-        try:
-            d = await body(request)
-            f = d.get("filters") if isinstance(d.get("filters"), dict) else {}
-            result = await run_in_threadpool(model.bulk, d.get("action"), filters(f), d.get("expected"))
-        except Refused as exc:
-            return error(exc)
-        if on_change:
-            on_change()
-        return JSONResponse(result, headers=headers)
+        return await change(request, lambda d: model.bulk(
+            d.get("action"), filters(d.get("filters") if isinstance(d.get("filters"), dict) else {}), d.get("expected")))
 
     async def apply(request):
         try:
